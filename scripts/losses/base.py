@@ -1,0 +1,446 @@
+"""The loss API that every registered loss shares.
+
+Every loss takes raw network outputs and a target and returns a tensor:
+
+* ``logits``: ``(B, C, *spatial)`` with one or more spatial dimensions (2D and 3D are the cases we test).
+  ``C >= 2`` is a multi-class problem with a softmax over the channels. ``C == 1`` is a binary problem with a
+  sigmoid; the loss then sees two classes, the implicit background (class 0) and the foreground (class 1).
+* ``target``: ``(B, 1, *spatial)`` integer class indices (any integer or integer-valued float dtype), or
+  ``(B, C, *spatial)`` one-hot or soft probabilities that sum to one over the channels. Both forms give the same
+  value. With ``C == 1`` the single target channel is the foreground indicator in either form.
+
+Shared options:
+
+* ``include_background``: whether class 0 takes part. Region losses leave it out of the average over classes;
+  pixel losses give background voxels zero weight. With a sigmoid (``C == 1``) region losses always score the
+  foreground class alone, as MONAI's losses do for one channel, and the option has no effect.
+* ``class_weights``: one non-negative weight per class, always of length ``num_classes`` (``C``, or 2 for a
+  sigmoid), also when ``include_background=False`` (the background entry is then unused).
+* ``ignore_index``: a label value in an index target whose voxels take no part in the loss. The result equals
+  the loss on the target with those voxels cropped away, for the losses whose value is a sum over voxels. In a
+  one-hot target, ignored voxels are the ones whose channels sum to zero; they are only recognised when
+  ``ignore_index`` is set.
+* ``batch``: ``False`` computes one loss per sample. ``True`` pools every voxel of the batch first (a global
+  voxel mean for pixel losses, batch-wide sums for region losses, the "batch Dice" of nnU-Net) and gives a single
+  value.
+* ``reduction``: ``"none"`` returns the per-sample losses, shape ``(B,)``, or shape ``(1,)`` with ``batch=True``.
+  ``"mean"`` averages and ``"sum"`` adds those values, so ``sum`` always equals the sum of ``none``.
+
+Numerics follow nnU-Net's habits: every loss runs in float32 with autocast switched off, probabilities in logs
+come from ``log_softmax``/``logsigmoid`` (a confidently wrong voxel keeps its gradient), and the one-hot target is
+built without gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class SegmentationLoss(nn.Module):
+    """Base class of every loss in the library: argument checks, target preparation and reduction.
+
+    A subclass implements :meth:`per_sample_loss`, which receives a :class:`SegmentationInputs` and returns the
+    loss of each sample, shape ``(B,)``, or ``(1,)`` when ``batch=True``. Losses that need more than logits and
+    target (a distance map, an auxiliary head) list the keyword arguments in ``extra_inputs``; the training engine
+    passes them through.
+
+    Args:
+        include_background: whether class 0 takes part in the loss (see the module docstring).
+        class_weights: one weight per class, length ``num_classes``. ``None`` weighs every class equally.
+        ignore_index: a target label whose voxels are left out of the loss. ``None`` keeps every voxel.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the per-sample losses.
+        batch: pool the whole batch before computing the loss.
+
+    Raises:
+        ValueError: for an unknown ``reduction``, negative or non-finite ``class_weights``, or an ``ignore_index``
+            that is not an integer.
+    """
+
+    extra_inputs: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _record_hyperparameters(cls.__dict__["__init__"])
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        class_weights: Sequence[float] | Tensor | None = None,
+        ignore_index: int | None = None,
+        reduction: str = "mean",
+        batch: bool = False,
+    ) -> None:
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise ValueError(f"ignore_index must be an integer label or None, got {ignore_index!r}.")
+        self.include_background = bool(include_background)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.batch = bool(batch)
+
+        weights = None
+        if class_weights is not None:
+            weights = torch.as_tensor(class_weights, dtype=torch.float32).flatten()
+            if weights.numel() == 0 or not torch.isfinite(weights).all() or (weights < 0).any():
+                raise ValueError(
+                    f"class_weights must be finite non-negative numbers, one per class; got {weights.tolist()}."
+                )
+        # A buffer moves with .to(device) and is saved in the state dict.
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor arguments of this loss, defaults included, as passed by the caller."""
+        return dict(getattr(self, "_hyperparameters", {}))
+
+    def forward(self, logits: Tensor, target: Tensor, **extra_inputs: Any) -> Tensor:
+        """Compute the loss of ``logits`` against ``target``; see the module docstring for the shapes."""
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            inputs = SegmentationInputs(
+                logits, target, ignore_index=self.ignore_index, include_background=self.include_background
+            )
+            if self.class_weights is not None and self.class_weights.numel() != inputs.num_classes:
+                raise ValueError(
+                    f"class_weights has {self.class_weights.numel()} entries but the logits have "
+                    f"{inputs.num_classes} classes; give one weight per class, background included."
+                )
+            per_sample = self.per_sample_loss(inputs, **extra_inputs)
+        return reduce_loss(per_sample, self.reduction)
+
+    def per_sample_loss(self, inputs: SegmentationInputs, **extra_inputs: Any) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement per_sample_loss().")
+
+    # Helpers shared by the families. They live here so that a subclass reads as its formula.
+
+    def average_voxels(self, voxel_loss: Tensor, inputs: SegmentationInputs) -> Tensor:
+        """Average a ``(B, *spatial)`` per-voxel loss with the voxel weights, per sample or over the batch.
+
+        The weight of a voxel is the class weight of its target class (summed over a soft target), zero where it
+        is ignored or, with ``include_background=False``, where its class is the background. The result is
+        ``sum(weight * loss) / sum(weight)``, the normalisation of ``torch.nn.CrossEntropyLoss``; a sample whose
+        weights are all zero contributes 0.
+        """
+        weight = inputs.voxel_weights(self.class_weights)
+        dims = tuple(range(0 if self.batch else 1, voxel_loss.ndim))
+        if weight is None:
+            mean = voxel_loss.mean(dim=dims)
+        else:
+            total = (voxel_loss * weight).sum(dim=dims)
+            mean = total / weight.sum(dim=dims).clamp_min(torch.finfo(total.dtype).tiny)
+        return mean.reshape(-1)
+
+    def average_classes(self, class_loss: Tensor, inputs: SegmentationInputs) -> Tensor:
+        """Average a ``(B, K)`` per-class loss over the classes that take part, with the class weights."""
+        selected = class_loss[:, inputs.region_classes]
+        if self.class_weights is None:
+            return selected.mean(dim=1)
+        weights = self.class_weights[inputs.region_classes].to(selected)
+        if float(weights.sum()) == 0.0:
+            raise ValueError(
+                f"class_weights {self.class_weights.tolist()} give zero weight to every class in the loss; "
+                "give at least one included class a positive weight."
+            )
+        return (selected * weights).sum(dim=1) / weights.sum()
+
+
+class SegmentationInputs:
+    """Validated logits and target of one loss call, with the derived tensors computed on first use.
+
+    Attributes:
+        logits: float32 logits, ``(B, C, *spatial)``.
+        binary: ``True`` for a single sigmoid channel.
+        num_classes: ``C``, or 2 for a sigmoid.
+        region_classes: the class indices that region losses average over.
+    """
+
+    def __init__(
+        self,
+        logits: Tensor,
+        target: Tensor,
+        ignore_index: int | None = None,
+        include_background: bool = True,
+    ) -> None:
+        logits = _plain_tensor(logits)
+        target = _plain_tensor(target)
+        check_logits(logits)
+        # float64 stays float64 (gradcheck); half precision and float32 compute in float32.
+        self.logits = logits if logits.dtype == torch.float64 else logits.float()
+        self.binary = logits.shape[1] == 1
+        self.num_classes = 2 if self.binary else logits.shape[1]
+        self.ignore_index = ignore_index
+        self.include_background = include_background
+        if self.binary or not include_background:
+            self.region_classes = slice(1, None)
+        else:
+            self.region_classes = slice(0, None)
+        self._labels, self._soft_target, self._mask = _prepare_target(logits, target, ignore_index)
+
+    @property
+    def spatial_dims(self) -> tuple[int, ...]:
+        """The spatial dimensions of the ``(B, K, *spatial)`` tensors."""
+        return tuple(range(2, self.logits.ndim))
+
+    @property
+    def mask(self) -> Tensor | None:
+        """``(B, 1, *spatial)`` float mask of the voxels in the loss, or ``None`` when every voxel counts."""
+        return self._mask
+
+    @functools.cached_property
+    def labels(self) -> Tensor:
+        """``(B, *spatial)`` int64 class indices; ignored voxels carry 0 and are masked out."""
+        if self._labels is not None:
+            return self._labels
+        return self.target.argmax(dim=1)
+
+    @functools.cached_property
+    def log_probs(self) -> Tensor:
+        """``(B, K, *spatial)`` class log-probabilities from ``log_softmax`` (or ``logsigmoid`` for one channel)."""
+        if self.binary:
+            return torch.cat([F.logsigmoid(-self.logits), F.logsigmoid(self.logits)], dim=1)
+        return F.log_softmax(self.logits, dim=1)
+
+    @functools.cached_property
+    def probs(self) -> Tensor:
+        """``(B, K, *spatial)`` class probabilities."""
+        if self.binary:
+            foreground = torch.sigmoid(self.logits)
+            return torch.cat([1.0 - foreground, foreground], dim=1)
+        return torch.softmax(self.logits, dim=1)
+
+    @functools.cached_property
+    def target(self) -> Tensor:
+        """``(B, K, *spatial)`` one-hot (or soft) target in the logits' dtype; ignored voxels are all zero."""
+        if self._soft_target is not None:
+            return self._soft_target.to(self.logits.dtype)
+        with torch.no_grad():
+            shape = (self.logits.shape[0], self.num_classes, *self.logits.shape[2:])
+            one_hot = torch.zeros(shape, dtype=self.logits.dtype, device=self.logits.device)
+            one_hot.scatter_(1, self._labels.unsqueeze(1), 1.0)
+            if self._mask is not None:
+                one_hot.mul_(self._mask)
+        return one_hot
+
+    def voxel_weights(self, class_weights: Tensor | None) -> Tensor | None:
+        """``(B, *spatial)`` weight of each voxel in a pixel loss, or ``None`` when every weight is one."""
+        if class_weights is None and self.include_background and self._mask is None:
+            return None
+        weights = torch.ones(self.num_classes, device=self.logits.device, dtype=self.logits.dtype)
+        if class_weights is not None:
+            weights = class_weights.to(self.logits.device, self.logits.dtype).clone()
+        if not self.include_background:
+            weights[0] = 0.0
+        with torch.no_grad():
+            if self._soft_target is None:
+                voxel_weight = weights[self._labels]
+                if self._mask is not None:
+                    voxel_weight = voxel_weight * self._mask[:, 0]
+            else:
+                shape = (1, -1) + (1,) * (self.logits.ndim - 2)
+                voxel_weight = (self._soft_target * weights.view(shape)).sum(dim=1)
+        return voxel_weight
+
+    @property
+    def has_index_target(self) -> bool:
+        """``True`` when the target was given as class indices rather than one-hot or soft probabilities."""
+        return self._labels is not None
+
+    def class_sums(self, squared: bool = False, batch: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Return the soft intersection, prediction sum and target sum per class, each ``(B, K)`` or ``(1, K)``.
+
+        These are ``sum(p * t)``, ``sum(p)`` and ``sum(t)`` over the voxels in the loss, from which the region
+        losses derive false positives (``sum(p) - intersection``) and false negatives (``sum(t) - intersection``).
+        ``squared=True`` returns ``sum(p ** 2)`` and ``sum(t ** 2)`` as the two sums (the V-Net denominator).
+        """
+        probs = self.probs
+        target = self.target
+        if self._mask is not None:
+            probs = probs * self._mask
+        dims = self.spatial_dims
+        intersection = (probs * target).sum(dim=dims)
+        if squared:
+            prediction_sum = (probs * probs).sum(dim=dims)
+            target_sum = (target * target).sum(dim=dims)
+        else:
+            prediction_sum = probs.sum(dim=dims)
+            target_sum = target.sum(dim=dims)
+        if batch:
+            intersection = intersection.sum(dim=0, keepdim=True)
+            prediction_sum = prediction_sum.sum(dim=0, keepdim=True)
+            target_sum = target_sum.sum(dim=0, keepdim=True)
+        return intersection, prediction_sum, target_sum
+
+    def voxel_mean(self, values: Tensor, batch: bool = False) -> Tensor:
+        """Average ``(B, K, *spatial)`` values over the voxels in the loss, giving ``(B, K)`` or ``(1, K)``."""
+        dims = self.spatial_dims
+        if batch:
+            dims = (0, *dims)
+        if self._mask is None:
+            mean = values.mean(dim=dims)
+        else:
+            total = (values * self._mask).sum(dim=dims)
+            count = self._mask.expand_as(values[:, :1]).sum(dim=dims)
+            mean = total / count.clamp_min(1.0)
+        return mean.reshape(-1, values.shape[1])
+
+
+def check_logits(logits: Tensor) -> None:
+    """Raise ``ValueError`` unless ``logits`` is a finite floating tensor of shape ``(B, C, *spatial)``."""
+    if not isinstance(logits, Tensor):
+        raise ValueError(f"logits must be a torch.Tensor, got {type(logits).__name__}.")
+    if logits.ndim < 3:
+        raise ValueError(
+            f"logits must have shape (B, C, *spatial) with at least one spatial dimension, got {tuple(logits.shape)}."
+        )
+    if not logits.is_floating_point():
+        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}.")
+    if 0 in logits.shape:
+        raise ValueError(f"logits must not be empty, got shape {tuple(logits.shape)}.")
+    # One reduction is cheaper than an elementwise isfinite; a huge but finite sum is re-checked exactly.
+    if not torch.isfinite(logits.detach().sum()) and not torch.isfinite(logits.detach()).all():
+        bad = logits.detach()[~torch.isfinite(logits.detach())]
+        raise ValueError(
+            f"logits contain {bad.numel()} non-finite values (first: {bad[0].item()}); the network diverged or "
+            "its input contains NaN/inf. Lower the learning rate or check the input images."
+        )
+
+
+def reduce_loss(per_sample: Tensor, reduction: str) -> Tensor:
+    """Reduce the per-sample losses with ``"mean"``, ``"sum"`` or ``"none"``."""
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+def log1mexp(log_p: Tensor) -> Tensor:
+    """Compute ``log(1 - exp(log_p))`` for ``log_p <= 0`` without cancellation.
+
+    Used for ``log(1 - p)`` of a softmax probability: it stays finite and keeps a gradient when ``p`` rounds to 1
+    in float32, where ``log1p(-p)`` would give ``-inf`` (Maechler, "Accurately computing log(1 - exp(-|a|))").
+    """
+    log_p = log_p.clamp_max(0.0)
+    near_zero = log_p > -math.log(2.0)
+    # Both branches are evaluated, so each is kept away from its own singularity.
+    small = torch.log((-torch.expm1(torch.where(near_zero, log_p, -1.0))).clamp_min(torch.finfo(log_p.dtype).tiny))
+    large = torch.log1p(-torch.exp(torch.where(near_zero, -1.0, log_p)))
+    return torch.where(near_zero, small, large)
+
+
+def _plain_tensor(value: Tensor) -> Tensor:
+    # MONAI's MetaTensor tracks metadata through every operation, which costs time in a loss.
+    if isinstance(value, Tensor) and type(value) is not Tensor and hasattr(value, "as_tensor"):
+        return value.as_tensor()
+    return value
+
+
+def _prepare_target(
+    logits: Tensor, target: Tensor, ignore_index: int | None
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Validate ``target`` and return ``(labels, soft_target, mask)``; exactly one of the first two is set."""
+    if not isinstance(target, Tensor):
+        raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}.")
+    channels = logits.shape[1]
+    expected_index = (logits.shape[0], 1, *logits.shape[2:])
+    expected_one_hot = tuple(logits.shape)
+    shape = tuple(target.shape)
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but logits are on {logits.device}; move both to one device.")
+
+    # With one channel the two forms coincide: an integer (or ignore-carrying) target is read as indices, a
+    # float target as a soft foreground probability.
+    if shape == expected_index and (channels > 1 or ignore_index is not None or not target.is_floating_point()):
+        return _index_target(target, channels, ignore_index)
+    if shape == expected_one_hot:
+        return _soft_target(target, channels, ignore_index)
+    raise ValueError(
+        f"target shape {shape} does not match logits shape {expected_one_hot}: expected class indices of shape "
+        f"{expected_index} or a one-hot/soft target of shape {expected_one_hot}."
+    )
+
+
+def _index_target(target: Tensor, channels: int, ignore_index: int | None) -> tuple[Tensor, None, Tensor | None]:
+    """Validate an index target and return ``(labels, None, mask)``."""
+    num_classes = max(channels, 2)
+    with torch.no_grad():
+        labels = target.detach()[:, 0]
+        if labels.is_floating_point():
+            if not torch.isfinite(labels).all() or (labels != labels.round()).any():
+                bad = labels[~torch.isfinite(labels) | (labels != labels.round())][0].item()
+                raise ValueError(
+                    f"target contains the non-integer label {bad}; pass class indices (0 to {num_classes - 1}) "
+                    "or a one-hot target with one channel per class."
+                )
+        labels = labels.long()
+
+        low, high = torch.aminmax(labels)
+        out_of_range = bool(low < 0) or bool(high >= num_classes)
+        ignored = labels == ignore_index if ignore_index is not None else None
+        if out_of_range:
+            invalid = (labels < 0) | (labels >= num_classes)
+            if ignored is not None:
+                invalid &= ~ignored
+            if invalid.any():
+                bad = labels[invalid][0].item()
+                hint = f" or the ignore_index {ignore_index}" if ignore_index is not None else ""
+                raise ValueError(
+                    f"target contains the label {bad}, outside the classes 0 to {num_classes - 1}{hint}. Check that "
+                    "the network's output channels match the dataset's labels, or set ignore_index for unlabelled "
+                    "voxels."
+                )
+        if ignored is None or not bool(ignored.any()):
+            return labels, None, None
+        mask = (~ignored).unsqueeze(1).float()
+        labels = labels.masked_fill(ignored, 0)
+    return labels, None, mask
+
+
+def _soft_target(target: Tensor, channels: int, ignore_index: int | None) -> tuple[None, Tensor, Tensor | None]:
+    """Validate a one-hot or soft target and return ``(None, target, mask)``."""
+    with torch.no_grad():
+        soft = target.detach().to(torch.float64 if target.dtype == torch.float64 else torch.float32)
+        low, high = torch.aminmax(soft)
+        if not (torch.isfinite(low) and torch.isfinite(high)) or low < 0 or high > 1:
+            raise ValueError(
+                f"a one-hot or soft target must hold values in [0, 1], got values from {low.item()} to "
+                f"{high.item()}; pass class indices with one channel instead."
+            )
+        if channels == 1:
+            return None, torch.cat([1.0 - soft, soft], dim=1), None
+        mask = None
+        if ignore_index is not None:
+            row_sum = soft.sum(dim=1, keepdim=True)
+            if bool((row_sum == 0).any()):
+                mask = (row_sum > 0).float()
+    return None, soft, mask
+
+
+def _record_hyperparameters(init):
+    """Wrap a loss ``__init__`` so the outermost call stores its bound arguments, defaults included."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def wrapper(self, *args: Any, **kwargs: Any) -> None:
+        if "_hyperparameters" not in self.__dict__:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            arguments.pop("self")
+            arguments.update(arguments.pop("kwargs", {}) or {})
+            object.__setattr__(self, "_hyperparameters", arguments)
+        init(self, *args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,3 @@
+"""Boundary-level losses: distances between predicted and target boundaries."""
+
+__all__: list[str] = []

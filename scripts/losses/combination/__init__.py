@@ -1,0 +1,5 @@
+"""Combination losses: weighted sums of pixel- and region-level terms."""
+
+from .combo import ComboLoss
+
+__all__ = ["ComboLoss"]
