@@ -1,0 +1,1 @@
+"""MONAI dictionary transforms of the bundle: targets that some losses need besides the label."""
