@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import fire
-
+from ..cli import run_commands
 from .registry import get_loss_spec, list_losses
 
 
@@ -47,4 +46,4 @@ def show(name: str) -> str:
 
 
 if __name__ == "__main__":
-    fire.Fire({"list": list, "show": show})
+    run_commands({"list": list, "show": show})

@@ -1,0 +1,164 @@
+"""Read a Medical Segmentation Decathlon task folder through its ``dataset.json``.
+
+The folder layout is free: ``dataset.json`` lists image/label pairs relative to the folder, so the original
+download (``imagesTr/``, ``labelsTr/``) and copies with other folder names load the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+DATASET_JSON = "dataset.json"
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def read_dataset_json(dataset_dir: str | Path) -> dict[str, Any]:
+    """Return the parsed ``dataset.json`` of a task folder.
+
+    Raises:
+        FileNotFoundError: when the folder or its ``dataset.json`` does not exist; the message says how to get the
+            data.
+        ValueError: when ``dataset.json`` is not valid JSON or lacks the ``training`` list or the ``labels`` map.
+    """
+    folder = Path(dataset_dir).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"dataset folder {folder} not found. Download the task with `python -m scripts.data download "
+            f"--dataset_dir {folder}`, or pass --dataset_dir with the folder of a Decathlon task."
+        )
+    path = folder / DATASET_JSON
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: a Decathlon task folder contains dataset.json listing its cases. Pass the task's "
+            "top folder (the one with dataset.json) as --dataset_dir."
+        )
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); restore it from the original download.") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} must contain a JSON object, got {type(content).__name__}.")
+    training = content.get("training")
+    if not isinstance(training, list) or not training:
+        raise ValueError(f"{path} has no non-empty 'training' list of image/label pairs.")
+    labels = content.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f"{path} has no 'labels' map from label values to class names.")
+    return content
+
+
+def label_names(dataset_dir: str | Path) -> list[str]:
+    """Return the class names in label order (index 0 is the background)."""
+    path = Path(dataset_dir).expanduser() / DATASET_JSON
+    labels = read_dataset_json(dataset_dir)["labels"]
+    try:
+        values = sorted(int(key) for key in labels)
+    except ValueError as error:
+        raise ValueError(f"{path}: label values must be integers, got {sorted(labels)}.") from error
+    if values != list(range(len(values))):
+        raise ValueError(f"{path}: label values must be 0, 1, ..., N-1 without gaps, got {values}.")
+    return [str(labels[str(value)]) for value in values]
+
+
+def load_datalist(dataset_dir: str | Path, check_files: bool = True) -> list[dict[str, str]]:
+    """Return the training cases as ``{"case_id", "image", "label"}`` dicts with absolute paths.
+
+    Args:
+        dataset_dir: the task folder containing ``dataset.json``.
+        check_files: raise when a listed image or label file does not exist.
+
+    Raises:
+        FileNotFoundError: for a missing folder, ``dataset.json`` or (with ``check_files``) a listed file.
+        ValueError: for a malformed entry or a case id listed twice.
+    """
+    folder = Path(dataset_dir).expanduser().resolve()
+    content = read_dataset_json(folder)
+    cases = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(content["training"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(
+            entry.get("label"), str
+        ):
+            raise ValueError(
+                f"{folder / DATASET_JSON}: training entry {index} must be an object with 'image' and 'label' "
+                f"paths, got {entry!r}."
+            )
+        image = (folder / entry["image"]).resolve()
+        label = (folder / entry["label"]).resolve()
+        case_id = case_id_from_path(image)
+        if case_id in seen:
+            raise ValueError(
+                f"{folder / DATASET_JSON}: case {case_id!r} is listed twice (entries {seen[case_id]} and {index})."
+            )
+        seen[case_id] = index
+        if check_files:
+            for kind, path in (("image", image), ("label", label)):
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"{kind} file {path} of case {case_id!r} (listed in {folder / DATASET_JSON}) not found. "
+                        "Restore the file or remove the case from dataset.json."
+                    )
+        cases.append({"case_id": case_id, "image": str(image), "label": str(label)})
+    return cases
+
+
+def case_id_from_path(path: str | Path) -> str:
+    """Return the case id of an image path: its file name without the image extension."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+
+def inference_datalist(input_dir: str | Path | None = None, datalist: str | Path | None = None) -> list[dict[str, str]]:
+    """Return ``[{"image": path}, ...]`` for inference, from a datalist file or else every image in a folder.
+
+    A datalist is a JSON list of ``{"image": path}`` objects or of paths, or a Decathlon ``dataset.json`` (its
+    ``test`` list, or the images of ``training`` when there is no test list). Relative paths are relative to the
+    datalist's folder. A folder contributes every file ending in .nii.gz, .nii, .nrrd, .mha or .mhd.
+
+    Raises:
+        FileNotFoundError: when the datalist, the folder or a listed image does not exist, or the folder has no
+            image.
+        ValueError: for a malformed datalist.
+    """
+    if datalist:
+        path = Path(datalist).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"datalist {path} not found; pass an existing JSON file or use --input_dir.")
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"datalist {path} is not valid JSON ({error}).") from error
+        if isinstance(content, dict):
+            content = content.get("test") or content.get("training")
+        if not isinstance(content, list) or not content:
+            raise ValueError(
+                f"datalist {path} must be a non-empty JSON list of {{\"image\": path}} objects, or a Decathlon "
+                "dataset.json with a 'test' or 'training' list."
+            )
+        images = []
+        for index, entry in enumerate(content):
+            image = entry.get("image") if isinstance(entry, dict) else entry
+            if not isinstance(image, str):
+                raise ValueError(f"datalist {path}: entry {index} has no image path: {entry!r}.")
+            images.append((path.parent / image).resolve())
+    else:
+        if input_dir is None:
+            raise ValueError("pass --input_dir (a folder of images) or --datalist (a JSON list of images).")
+        folder = Path(input_dir).expanduser().resolve()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"input folder {folder} not found; pass --input_dir with a folder of images.")
+        images = sorted(item for item in folder.iterdir() if item.name.endswith(IMAGE_SUFFIXES))
+        if not images:
+            raise FileNotFoundError(
+                f"no image (*.nii.gz, *.nii, *.nrrd, *.mha, *.mhd) found in {folder}; pass the folder of the images."
+            )
+    for image in images:
+        if not image.is_file():
+            raise FileNotFoundError(f"image {image} not found; fix the datalist or restore the file.")
+    return [{"image": str(image)} for image in images]

@@ -1,0 +1,182 @@
+"""Evaluation outputs: a per-case CSV of every metric and class, a summary, and an MLflow run that holds both."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+
+from .data.datalist import case_id_from_path
+from .tracking import default_artifact_location, experiment_id, git_commit, log_params
+
+logger = logging.getLogger(__name__)
+
+
+def require_checkpoint(path: str | Path) -> str:
+    """Return ``path`` as a string, or raise ``FileNotFoundError`` saying how to create the checkpoint."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} not found. Train first (python -m monai.bundle run --config_file configs/train.yaml "
+            "--meta_file metadata.json --dataset_dir DIR), or pass --ckpt_path with an existing model.pt."
+        )
+    return str(path)
+
+
+class CaseMetricsWriter:
+    """Write the per-case metrics of an evaluator run to CSV and JSON, and log them to a new MLflow run.
+
+    Files in ``output_dir``: ``cases.csv`` (one row per case: case id, then ``<metric>.<class>`` columns) and
+    ``summary.json`` (per metric and class: mean, standard deviation, median, number of cases with a value and
+    number without one, e.g. an HD95 that is undefined because the prediction misses the class).
+
+    Args:
+        output_dir: folder for the two files.
+        class_names: class names in label order, background first; the metrics cover the foreground classes.
+        metrics: column prefix -> name of the evaluator metric whose per-case details to write, e.g.
+            ``{"dice": "val_mean_dice", "hd95": "val_hd95"}``.
+        tracking_uri: MLflow tracking URI; ``None`` skips MLflow.
+        experiment_name: MLflow experiment.
+        run_name: name of the evaluation run.
+        params: parameters of the evaluation run (checkpoint, dataset, ...).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        class_names: Sequence[str],
+        metrics: Mapping[str, str],
+        tracking_uri: str | None = None,
+        experiment_name: str = "seglosses",
+        run_name: str = "evaluate",
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.foreground = list(class_names)[1:]
+        self.metrics = dict(metrics)
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.run_name = run_name
+        self.params = dict(params or {})
+        self.case_ids: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record_case_ids)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.case_ids = []
+
+    def _record_case_ids(self, engine: Engine) -> None:
+        # MONAI's evaluator decollates the batch into a list of per-case dicts; a collated dict is handled too.
+        batch = engine.state.batch
+        items = batch if isinstance(batch, list) else [batch]
+        for item in items:
+            image = item["image"]
+            filenames = image.meta.get("filename_or_obj") if hasattr(image, "meta") else None
+            if filenames is None:
+                count = image.shape[0] if not isinstance(batch, list) else 1
+                filenames = [f"case_{len(self.case_ids) + index}" for index in range(count)]
+            elif isinstance(filenames, str):
+                filenames = [filenames]
+            self.case_ids.extend(case_id_from_path(name) for name in filenames)
+
+    def write(self, engine: Engine) -> dict[str, Any]:
+        """Write the files and the MLflow run; return the summary."""
+        tables = {}
+        for prefix, metric_name in self.metrics.items():
+            details = engine.state.metric_details.get(metric_name)
+            if details is None:
+                raise KeyError(f"the evaluator has no per-case details of {metric_name!r}; enable save_details.")
+            table = np.asarray(torch.as_tensor(details).detach().cpu(), dtype=np.float64)
+            if table.shape != (len(self.case_ids), len(self.foreground)):
+                raise ValueError(
+                    f"{metric_name} details have shape {table.shape}, expected ({len(self.case_ids)} cases, "
+                    f"{len(self.foreground)} classes)."
+                )
+            tables[prefix] = table
+
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        cases_path = self.output_dir / "cases.csv"
+        with cases_path.open("w", newline="", encoding="utf-8") as stream:
+            writer = csv.writer(stream)
+            columns = [f"{prefix}.{name}" for prefix in tables for name in self.foreground]
+            writer.writerow(["case_id", *columns])
+            for row, case_id in enumerate(self.case_ids):
+                values = [tables[prefix][row, column] for prefix in tables for column in range(len(self.foreground))]
+                writer.writerow([case_id, *(f"{value:.6g}" for value in values)])
+
+        summary = {prefix: summarise(table, self.foreground) for prefix, table in tables.items()}
+        summary_path = self.output_dir / "summary.json"
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        logger.info("Evaluation of %d cases written to %s and %s.", len(self.case_ids), cases_path, summary_path)
+        for prefix, per_class in summary.items():
+            means = ", ".join(f"{name} {values['mean']:.4f}" for name, values in per_class.items())
+            logger.info("Mean %s: %s.", prefix, means)
+
+        if self.tracking_uri:
+            self._log_to_mlflow(summary, [cases_path, summary_path])
+        return summary
+
+    def _log_to_mlflow(self, summary: Mapping[str, Any], files: Sequence[Path]) -> None:
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        experiment = experiment_id(client, self.experiment_name, default_artifact_location(self.tracking_uri))
+        run = client.create_run(
+            experiment,
+            run_name=self.run_name,
+            tags={"evaluation": "true", "mlflow.source.git.commit": git_commit(), **{
+                key: str(value) for key, value in self.params.items() if key in ("loss", "fold", "seed")
+            }},
+        )
+        log_params(client, run.info.run_id, {**self.params, "num_cases": len(self.case_ids)})
+        timestamp = int(time.time() * 1000)
+        metrics = []
+        for prefix, per_class in summary.items():
+            for name, values in per_class.items():
+                if math.isfinite(values["mean"]):
+                    metrics.append(Metric(f"eval_{prefix}.{name}", values["mean"], timestamp, 0))
+        client.log_batch(run.info.run_id, metrics=metrics)
+        for path in files:
+            client.log_artifact(run.info.run_id, str(path))
+        client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+        logger.info("Evaluation logged to MLflow run %s (%s).", self.run_name, run.info.run_id)
+
+
+def summarise(table: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Summarise a ``(cases, classes)`` table per class, plus ``mean`` over the classes' per-case means."""
+    summary: dict[str, dict[str, float]] = {}
+    for column, name in enumerate(class_names):
+        values = table[:, column]
+        finite = values[np.isfinite(values)]
+        summary[name] = {
+            "mean": float(finite.mean()) if finite.size else float("nan"),
+            "std": float(finite.std(ddof=1)) if finite.size > 1 else float("nan"),
+            "median": float(np.median(finite)) if finite.size else float("nan"),
+            "cases": int(finite.size),
+            "cases_without_value": int(values.size - finite.size),
+        }
+    finite_mask = np.isfinite(table)
+    counts = finite_mask.sum(axis=1)
+    sums = np.where(finite_mask, table, 0.0).sum(axis=1)
+    # The mean over the classes that have a value in that case; a case without any value is left out.
+    finite_means = sums[counts > 0] / counts[counts > 0]
+    summary["mean"] = {
+        "mean": float(finite_means.mean()) if finite_means.size else float("nan"),
+        "std": float(finite_means.std(ddof=1)) if finite_means.size > 1 else float("nan"),
+        "median": float(np.median(finite_means)) if finite_means.size else float("nan"),
+        "cases": int(finite_means.size),
+        "cases_without_value": int(table.shape[0] - finite_means.size),
+    }
+    return summary

@@ -1,0 +1,359 @@
+"""MLflow tracking of one training run: parameters at the start, metrics per epoch, artifacts at the end.
+
+We go beyond MONAI's ``MLFlowHandler`` (MONAI 1.6.1) here because that handler picks up any unfinished run that
+has the same name, or any unfinished run at all when no name is given, so a crashed run silently receives the next
+run's metrics. This tracker always creates a new run (its name says loss, fold and seed), logs per-class
+validation metrics from MONAI's per-case metric details, records the loss's own trainable parameters and weights,
+and marks the run failed with the error when training raises.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+import yaml
+from ignite.engine import Engine, Events
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from . import BUNDLE_ROOT
+from .losses import describe_loss
+from .metrics import per_class_means
+from .plots import plot_learning_curves
+
+logger = logging.getLogger(__name__)
+
+# MLflow rejects parameter values longer than this (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH in MLflow 3).
+MAX_PARAM_LENGTH = 6000
+
+
+def sqlite_tracking_uri(output_dir: str | Path) -> str:
+    """Return the default tracking URI: a SQLite database ``mlflow.db`` in ``output_dir``."""
+    path = Path(output_dir).expanduser().resolve() / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def git_commit(directory: str | Path = BUNDLE_ROOT) -> str:
+    """Return the bundle's git commit, with ``-dirty`` for uncommitted changes, or ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if status else commit
+
+
+def running_config() -> dict[str, Any] | None:
+    """Return the merged config of the running ``monai.bundle`` workflow, overrides applied, or ``None``.
+
+    MONAI gives config components no handle on their own config, so this looks up the call stack for the
+    ``ConfigWorkflow`` that is instantiating them.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    for frame_info in inspect.stack(context=0):
+        candidate = frame_info.frame.f_locals.get("self")
+        if isinstance(candidate, ConfigWorkflow):
+            return candidate.parser.get()
+    return None
+
+
+class MLflowTracker:
+    """Track a ``SupervisedTrainer`` run and its validation rounds in MLflow.
+
+    Logged on start: the loss (name, family, paper, every hyperparameter), the network (class, parameter count,
+    channels), the optimizer and learning rate, the training settings in ``params``, the dataset (name, case counts)
+    and the git commit; tags ``loss``, ``loss_family``, ``fold`` and ``seed``; the split and the resolved config as
+    artifacts. Per epoch: ``train_loss`` (mean over the epoch's iterations), ``learning_rate``, the loss's scalar
+    parameters (``loss_param.*``) and weights (``loss_weight.*``). Per validation round: ``val_mean_dice``,
+    ``val_hd95`` and per-class ``val_dice.<class>`` and ``val_hd95.<class>``. On completion: the best checkpoint
+    and ``learning_curves.png``. An exception marks the run ``FAILED`` with the error in the ``error`` tag.
+
+    Args:
+        tracking_uri: any MLflow tracking URI (``sqlite:///...``, ``http://host:5000``, ...).
+        experiment_name: experiment to log into; created when missing.
+        output_dir: folder for local files (the learning-curve plot, the resolved config).
+        loss: the loss being trained.
+        network: the trained network.
+        optimizer: the optimizer.
+        evaluator: the validation ``SupervisedEvaluator``; its metrics are logged after each round.
+        split: the split from :func:`scripts.data.prepare_split`.
+        class_names: names of the classes in label order, background first.
+        params: further parameters, e.g. epochs, batch size, patch size, seed, fold.
+        run_name: name of the new run; default ``<loss>-fold<fold>-seed<seed>``.
+        tags: further tags.
+        checkpoint_path: the best checkpoint, logged as an artifact at the end.
+        artifact_location: where a new experiment stores artifacts; default ``mlartifacts`` beside a SQLite
+            database, the server's default otherwise.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        output_dir: str | Path,
+        loss: torch.nn.Module,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        evaluator: Engine | None,
+        split: Mapping[str, Any],
+        class_names: Sequence[str],
+        params: Mapping[str, Any] | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        checkpoint_path: str | Path | None = None,
+        artifact_location: str | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.output_dir = Path(output_dir)
+        self.loss = loss
+        self.network = network
+        self.optimizer = optimizer
+        self.evaluator = evaluator
+        self.split = split
+        self.class_names = list(class_names)
+        self.params = dict(params or {})
+        self.tags = dict(tags or {})
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
+        self.run_name = run_name or self._default_run_name()
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.run_id: str | None = None
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self._epoch_losses: list[float] = []
+        self._epoch_learning_rate = float("nan")
+        self._trainer: Engine | None = None
+
+    def attach(self, trainer: Engine) -> None:
+        """Register the handlers on the trainer and, when given, on the evaluator."""
+        self._trainer = trainer
+        trainer.add_event_handler(Events.STARTED, self.start)
+        trainer.add_event_handler(Events.EPOCH_STARTED, self._record_learning_rate)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, self._record_iteration)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
+        trainer.add_event_handler(Events.COMPLETED, self.finish)
+        trainer.add_event_handler(Events.EXCEPTION_RAISED, self.fail)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.COMPLETED, self.log_validation)
+
+    # Event handlers.
+
+    def start(self, engine: Engine) -> None:
+        experiment_id = self._experiment_id()
+        tags = {
+            "loss": getattr(self.loss, "registry_name", type(self.loss).__name__),
+            "mlflow.source.git.commit": git_commit(),
+            **{key: str(value) for key, value in self.tags.items()},
+        }
+        description = describe_loss(self.loss) if hasattr(self.loss, "hyperparameters") else {}
+        if "loss_family" in description:
+            tags["loss_family"] = str(description["loss_family"])
+        for key in ("fold", "seed"):
+            if key in self.params:
+                tags[key] = str(self.params[key])
+        run = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags)
+        self.run_id = run.info.run_id
+        logger.info(
+            "MLflow run %s (%s) in experiment %r at %s.", self.run_name, self.run_id, self.experiment_name,
+            self.tracking_uri,
+        )
+        self._log_params({**description, **self._run_params(engine)})
+        self._log_json_artifact(dict(self.split), "split.json")
+        config = running_config()
+        if config is not None:
+            self._log_yaml_artifact(config, "config.yaml")
+
+    def log_epoch(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        metrics: dict[str, float] = {}
+        if self._epoch_losses:
+            metrics["train_loss"] = sum(self._epoch_losses) / len(self._epoch_losses)
+        self._epoch_losses = []
+        metrics["learning_rate"] = self._epoch_learning_rate
+        for name, parameter in self.loss.named_parameters():
+            if parameter.numel() == 1:
+                metrics[f"loss_param.{name}"] = float(parameter.detach())
+        for name, value in getattr(self.loss, "current_weights", {}).items():
+            metrics[f"loss_weight.{name}"] = float(value)
+        self._log_metrics(metrics, step=epoch)
+
+    def log_validation(self, evaluator: Engine) -> None:
+        epoch = self._trainer.state.epoch if self._trainer is not None else evaluator.state.epoch
+        foreground = self.class_names[1:]
+        metrics: dict[str, float] = {}
+        for name, value in evaluator.state.metrics.items():
+            if isinstance(value, (int, float)):
+                metrics[name] = float(value)
+        details = getattr(evaluator.state, "metric_details", {})
+        for metric_name, prefix in (("val_mean_dice", "val_dice"), ("val_hd95", "val_hd95")):
+            if metric_name in details:
+                for class_name, value in per_class_means(details[metric_name], foreground).items():
+                    metrics[f"{prefix}.{class_name}"] = value
+        self._log_metrics(metrics, step=epoch)
+
+    def finish(self, engine: Engine) -> None:
+        self._log_learning_curves()
+        if self.checkpoint_path is not None and self.checkpoint_path.is_file():
+            self.client.log_artifact(self.run_id, str(self.checkpoint_path), artifact_path="checkpoints")
+        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+        logger.info("MLflow run %s finished.", self.run_id)
+
+    def fail(self, engine: Engine, error: BaseException) -> None:
+        if self.run_id is not None:
+            message = f"{type(error).__name__}: {error}"
+            self.client.set_tag(self.run_id, "error", message[:MAX_PARAM_LENGTH])
+            self._log_learning_curves()
+            self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FAILED))
+            logger.error("MLflow run %s marked failed: %s", self.run_id, message)
+        raise error
+
+    # Helpers.
+
+    def _record_learning_rate(self, engine: Engine) -> None:
+        # Read at the start of the epoch: the scheduler steps at its end, before this tracker logs the epoch.
+        self._epoch_learning_rate = float(self.optimizer.param_groups[0]["lr"])
+
+    def _record_iteration(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output.get("loss") if isinstance(output, Mapping) else None
+        if loss is None and isinstance(output, Sequence) and output and isinstance(output[0], Mapping):
+            loss = output[0].get("loss")
+        if loss is not None:
+            self._epoch_losses.append(float(torch.as_tensor(loss).detach().float().mean()))
+
+    def _run_params(self, engine: Engine) -> dict[str, Any]:
+        network_parameters = sum(parameter.numel() for parameter in self.network.parameters())
+        params: dict[str, Any] = {
+            "network": type(self.network).__name__,
+            "network_parameters": network_parameters,
+            "optimizer": type(self.optimizer).__name__,
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "max_epochs": engine.state.max_epochs,
+            "torch_version": torch.__version__,
+            "mlflow_version": mlflow.__version__,
+            "device": str(next(self.network.parameters()).device),
+            "platform": platform.platform(),
+        }
+        for attribute in ("channels", "strides", "num_res_units"):
+            if hasattr(self.network, attribute):
+                params[f"network_{attribute}"] = getattr(self.network, attribute)
+        dataset = self.split.get("dataset", {}) if isinstance(self.split, Mapping) else {}
+        for key in ("name", "num_training", "num_validation", "num_folds"):
+            if key in dataset:
+                params[f"dataset_{key}" if key == "name" else key] = dataset[key]
+        params.update(self.params)
+        return params
+
+    def _experiment_id(self) -> str:
+        return experiment_id(self.client, self.experiment_name, self.artifact_location)
+
+    def _log_params(self, params: Mapping[str, Any]) -> None:
+        log_params(self.client, self.run_id, params)
+
+    def _log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        timestamp = int(time.time() * 1000)
+        entries = []
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append((step, value))
+            if math.isfinite(value):
+                entries.append(Metric(key, value, timestamp, step))
+        if entries:
+            self.client.log_batch(self.run_id, metrics=entries)
+
+    def _log_json_artifact(self, content: Any, name: str) -> None:
+        path = self.output_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content, indent=2, default=str) + "\n", encoding="utf-8")
+        self.client.log_artifact(self.run_id, str(path))
+
+    def _log_yaml_artifact(self, content: Any, name: str) -> None:
+        path = self.output_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(_plain(content), sort_keys=False), encoding="utf-8")
+        self.client.log_artifact(self.run_id, str(path))
+
+    def _log_learning_curves(self) -> None:
+        if self.run_id is None or not self.history:
+            return
+        path = self.output_dir / "learning_curves.png"
+        plot_learning_curves(self.history, path, title=self.run_name)
+        self.client.log_artifact(self.run_id, str(path))
+
+    def _default_run_name(self) -> str:
+        name = getattr(self.loss, "registry_name", type(self.loss).__name__)
+        fold = self.params.get("fold", "x")
+        seed = self.params.get("seed", "x")
+        return f"{name}-fold{fold}-seed{seed}"
+
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """Return ``mlartifacts`` beside a SQLite database, or ``None`` to let a tracking server decide."""
+    if tracking_uri.startswith("sqlite:///"):
+        database = Path(tracking_uri[len("sqlite:///") :])
+        return (database.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
+    """Return the id of the experiment ``name``, creating it (with ``artifact_location``) when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log parameters in batches of 100 (MLflow's limit per request), lists and dicts as JSON."""
+    entries = [Param(key, _param_value(value)) for key, value in params.items()]
+    for start in range(0, len(entries), 100):
+        client.log_batch(run_id, params=entries[start : start + 100])
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value, default=str) if isinstance(value, (list, tuple, dict)) else str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+def _plain(value: Any) -> Any:
+    """Convert a config tree to YAML-safe built-in types (tensors and other objects become strings)."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+__all__ = [
+    "MLflowTracker",
+    "default_artifact_location",
+    "experiment_id",
+    "git_commit",
+    "log_params",
+    "running_config",
+    "sqlite_tracking_uri",
+]
