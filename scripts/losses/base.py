@@ -86,10 +86,10 @@ class SegmentationLoss(nn.Module):
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
             raise ValueError(f"ignore_index must be an integer label or None, got {ignore_index!r}.")
-        self.include_background = bool(include_background)
+        self.include_background = as_bool("include_background", include_background)
         self.ignore_index = ignore_index
         self.reduction = reduction
-        self.batch = bool(batch)
+        self.batch = as_bool("batch", batch)
 
         weights = None
         if class_weights is not None:
@@ -103,8 +103,20 @@ class SegmentationLoss(nn.Module):
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
-        """The constructor arguments of this loss, defaults included, as passed by the caller."""
-        return dict(getattr(self, "_hyperparameters", {}))
+        """The constructor arguments of this loss, defaults included, as the loss interpreted them.
+
+        Where the loss stores an argument under the same name, the stored value is reported, so a flag given as
+        the string ``"false"`` is reported as ``False`` and class weights as a list.
+        """
+        values = {}
+        for key, given in getattr(self, "_hyperparameters", {}).items():
+            stored = getattr(self, key, given)
+            if isinstance(stored, Tensor):
+                stored = stored.tolist() if stored.numel() > 1 or stored.ndim > 0 else stored.item()
+            elif isinstance(stored, nn.Module):
+                stored = given
+            values[key] = stored
+        return values
 
     def forward(self, logits: Tensor, target: Tensor, **extra_inputs: Any) -> Tensor:
         """Compute the loss of ``logits`` against ``target``; see the module docstring for the shapes."""
@@ -315,6 +327,23 @@ def check_logits(logits: Tensor) -> None:
             f"logits contain {bad.numel()} non-finite values (first: {bad[0].item()}); the network diverged or "
             "its input contains NaN/inf. Lower the learning rate or check the input images."
         )
+
+
+def as_bool(name: str, value: Any) -> bool:
+    """Return a boolean option, accepting ``"true"``/``"false"`` in any case as a command line gives them.
+
+    ``bool("false")`` is ``True``, so a plain cast would silently invert a flag passed as ``--loss#batch false``.
+
+    Raises:
+        ValueError: for any other value.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def reduce_loss(per_sample: Tensor, reduction: str) -> Tensor:

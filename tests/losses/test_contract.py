@@ -289,3 +289,13 @@ def test_invalid_options_raise(name):
         build(name, class_weights=[1.0, -1.0, 1.0])
     with pytest.raises(ValueError, match="ignore_index"):
         build(name, ignore_index=1.5)
+    with pytest.raises(ValueError, match="batch must be true or false"):
+        build(name, batch="sometimes")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_boolean_options_accept_command_line_strings(name):
+    # The command line passes `--loss#batch false` as the string "false", which bool() would read as True.
+    assert build(name, batch="false").batch is False
+    assert build(name, include_background="False").include_background is False
+    assert build(name, batch="true").batch is True

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ..base import SegmentationInputs, SegmentationLoss
+from ..base import SegmentationInputs, SegmentationLoss, as_bool
 from ..registry import register_loss
 
 
@@ -56,7 +56,7 @@ class DiceLoss(SegmentationLoss):
         )
         if smooth_nr < 0 or smooth_dr < 0:
             raise ValueError(f"smooth_nr and smooth_dr must be non-negative, got {smooth_nr} and {smooth_dr}.")
-        self.squared_pred = bool(squared_pred)
+        self.squared_pred = as_bool("squared_pred", squared_pred)
         self.smooth_nr = float(smooth_nr)
         self.smooth_dr = float(smooth_dr)
 

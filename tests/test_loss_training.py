@@ -1,0 +1,58 @@
+"""Every registered loss trains the bundle's network through its overlay on real cases and logs a finite loss."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from monai.bundle import run
+
+from scripts import BUNDLE_ROOT
+from scripts.losses import list_losses
+
+CONFIGS = Path(BUNDLE_ROOT) / "configs"
+NAMES = [spec.name for spec in list_losses()]
+
+
+def test_every_registered_loss_has_an_overlay():
+    overlays = {path.stem for path in (CONFIGS / "losses").glob("*.yaml")}
+
+    assert set(NAMES) <= overlays, f"losses without an overlay: {sorted(set(NAMES) - overlays)}"
+    assert overlays <= set(NAMES), f"overlays of unregistered losses: {sorted(overlays - set(NAMES))}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_overlay_builds_its_loss(name):
+    overlay = yaml.safe_load((CONFIGS / "losses" / f"{name}.yaml").read_text())
+
+    assert overlay["loss"]["_target_"] == "scripts.losses.build_loss"
+    assert overlay["loss"]["name"] == name
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_trains_one_epoch(name, dataset_dir, tmp_path):
+    output_dir = tmp_path / "outputs"
+    run(
+        config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "losses" / f"{name}.yaml")],
+        meta_file=str(Path(BUNDLE_ROOT) / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        dataset_dir=str(dataset_dir),
+        output_dir=str(output_dir),
+        ckpt_dir=str(output_dir / "models"),
+        max_epochs=1,
+        val_interval=1,
+        max_cases=2,
+        patch_size=[24, 32, 24],
+    )
+
+    client = MlflowClient(f"sqlite:///{output_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("seglosses")
+    (found,) = client.search_runs([experiment.experiment_id])
+    assert found.info.status == "FINISHED"
+    assert found.data.params["loss"] == name
+    assert math.isfinite(found.data.metrics["train_loss"])
+    assert "val_mean_dice" in found.data.metrics

@@ -1,0 +1,274 @@
+"""The bundle's workflows run as a user runs them: training, evaluation, inference, verification and export.
+
+One short real training (4 cases per split list, 2 epochs) runs once per session from a foreign working directory;
+the other tests use its checkpoint and MLflow store.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from scripts import BUNDLE_ROOT
+
+CONFIGS = Path(BUNDLE_ROOT) / "configs"
+META = str(Path(BUNDLE_ROOT) / "metadata.json")
+SMOKE = ["--max_epochs", "2", "--val_interval", "1", "--max_cases", "4", "--patch_size", "[24, 32, 24]"]
+
+pytestmark = pytest.mark.training
+
+
+def run_bundle(*args: str, cwd: Path, command: str = "run", check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", command, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"monai.bundle {command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def tracking_uri(output_dir: Path) -> str:
+    return f"sqlite:///{output_dir / 'mlflow.db'}"
+
+
+def runs(output_dir: Path, experiment: str = "seglosses"):
+    client = MlflowClient(tracking_uri(output_dir))
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r} in {output_dir}"
+    return client, client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def trained(dataset_dir, tmp_path_factory) -> Path:
+    """Train the default config on 4 + 4 real cases for 2 epochs from a working directory outside the bundle."""
+    workdir = tmp_path_factory.mktemp("elsewhere")
+    output_dir = workdir / "outputs"
+    run_bundle(
+        "--config_file", str(CONFIGS / "train.yaml"),
+        "--meta_file", META,
+        "--logging_file", str(CONFIGS / "logging.conf"),
+        "--dataset_dir", str(dataset_dir),
+        "--output_dir", str(output_dir),
+        "--ckpt_dir", str(output_dir / "models"),
+        *SMOKE,
+        cwd=workdir,
+    )
+    return output_dir
+
+
+def test_training_writes_checkpoint_and_split(trained):
+    split = json.loads((trained / "split.json").read_text())
+
+    assert (trained / "models" / "model.pt").is_file()
+    assert len(split["training"]) == 4
+    assert len(split["validation"]) == 4
+    assert split["dataset"]["fold"] == 0
+
+
+def test_training_run_has_params(trained):
+    client, found = runs(trained)
+    run = found[0]
+    params = run.data.params
+
+    assert run.info.run_name == "combo-fold0-seed0"
+    assert run.info.status == "FINISHED"
+    expected = {
+        "loss": "combo",
+        "loss_family": "combination",
+        "loss.alpha": "0.5",
+        "loss.beta": "0.5",
+        "loss.include_background": "False",
+        "network": "UNet",
+        "network_channels": "[16, 32, 64, 128]",
+        "optimizer": "AdamW",
+        "learning_rate": "0.002",
+        "max_epochs": "2",
+        "batch_size": "2",
+        "patch_size": "[24, 32, 24]",
+        "seed": "0",
+        "fold": "0",
+        "num_training": "4",
+        "num_validation": "4",
+    }
+    for key, value in expected.items():
+        assert params.get(key) == value, f"param {key}: {params.get(key)!r} != {value!r}"
+    assert "1805.02798" in params["loss_paper"]
+    assert int(params["network_parameters"]) > 100_000
+    assert params["dataset_name"].startswith("Hippocampus")
+    assert len(run.data.tags["mlflow.source.git.commit"]) >= 7
+    assert run.data.tags["loss"] == "combo"
+    assert run.data.tags["loss_family"] == "combination"
+
+
+def test_training_run_has_metrics_per_epoch(trained):
+    client, found = runs(trained)
+    run_id = found[0].info.run_id
+
+    for key in ("train_loss", "learning_rate", "val_mean_dice", "val_hd95", "val_dice.Anterior",
+                "val_dice.Posterior", "val_hd95.Anterior", "val_hd95.Posterior"):
+        history = client.get_metric_history(run_id, key)
+        assert [metric.step for metric in history] == [1, 2], f"{key}: steps {[m.step for m in history]}"
+        assert all(np.isfinite(metric.value) for metric in history), key
+    dice = client.get_metric_history(run_id, "val_mean_dice")
+    assert all(0.0 <= metric.value <= 1.0 for metric in dice)
+
+
+def test_training_run_has_artifacts(trained):
+    client, found = runs(trained)
+    run_id = found[0].info.run_id
+
+    top = {artifact.path for artifact in client.list_artifacts(run_id)}
+    assert {"config.yaml", "split.json", "learning_curves.png", "checkpoints"} <= top
+    assert [artifact.path for artifact in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/model.pt"]
+    config = client.download_artifacts(run_id, "config.yaml")
+    assert "combo" in Path(config).read_text()
+
+
+def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
+    run_bundle(
+        "--config_file", json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")]),
+        "--meta_file", META,
+        "--dataset_dir", str(dataset_dir),
+        "--output_dir", str(trained),
+        "--ckpt_dir", str(trained / "models"),
+        *SMOKE,
+        cwd=trained,
+    )
+    with (trained / "evaluation" / "cases.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    summary = json.loads((trained / "evaluation" / "summary.json").read_text())
+    split = json.loads((trained / "split.json").read_text())
+
+    assert [row["case_id"] for row in rows] == [case["case_id"] for case in split["validation"]]
+    assert set(rows[0]) == {"case_id", "dice.Anterior", "dice.Posterior", "hd95.Anterior", "hd95.Posterior"}
+    assert 0.0 <= summary["dice"]["mean"]["mean"] <= 1.0
+    client, found = runs(trained)
+    evaluation = [run for run in found if run.data.tags.get("evaluation") == "true"]
+    assert len(evaluation) == 1
+    assert "eval_dice.Anterior" in evaluation[0].data.metrics
+    assert {artifact.path for artifact in client.list_artifacts(evaluation[0].info.run_id)} == {"cases.csv", "summary.json"}
+
+
+def test_evaluate_without_checkpoint_says_train_first(dataset_dir, tmp_path):
+    result = run_bundle(
+        "--config_file", json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")]),
+        "--meta_file", META,
+        "--dataset_dir", str(dataset_dir),
+        "--output_dir", str(tmp_path),
+        "--ckpt_dir", str(tmp_path / "models"),
+        *SMOKE,
+        cwd=tmp_path,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert "model.pt not found. Train first" in result.stderr
+
+
+def test_inference_keeps_input_geometry(trained, dataset_dir, tmp_path):
+    # A real image re-saved with an oblique, anisotropic, LPS-like affine, so resampling and reorientation must be undone.
+    source = nib.load(dataset_dir / "images" / "hippocampus_001.nii.gz")
+    affine = np.diag([-1.2, -0.9, 1.1, 1.0])
+    affine[:3, :3] = affine[:3, :3] @ np.array([[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]])
+    affine[:3, 3] = [10.0, -5.0, 3.0]
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj), affine), inputs / "case_a.nii.gz")
+    nib.save(source, inputs / "case_b.nii.gz")
+
+    run_bundle(
+        "--config_file", str(CONFIGS / "inference.yaml"),
+        "--meta_file", META,
+        "--input_dir", str(inputs),
+        "--output_dir", str(tmp_path / "predictions"),
+        "--ckpt_path", str(trained / "models" / "model.pt"),
+        "--patch_size", "[24, 32, 24]",
+        cwd=tmp_path,
+    )
+
+    for name, original in (("case_a", nib.load(inputs / "case_a.nii.gz")), ("case_b", source)):
+        prediction = nib.load(tmp_path / "predictions" / f"{name}_seg.nii.gz")
+        assert prediction.shape == original.shape
+        np.testing.assert_allclose(prediction.affine, original.affine, atol=1e-4)
+        assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2}
+
+
+def test_inference_without_images_names_the_folder(trained, tmp_path):
+    result = run_bundle(
+        "--config_file", str(CONFIGS / "inference.yaml"),
+        "--meta_file", META,
+        "--input_dir", str(tmp_path / "empty"),
+        "--ckpt_path", str(trained / "models" / "model.pt"),
+        cwd=tmp_path,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert "input folder" in result.stderr and "not found" in result.stderr
+
+
+def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
+    run_bundle(
+        "network_def", "--meta_file", META, "--config_file", str(CONFIGS / "inference.yaml"),
+        command="verify_net_in_out",
+        cwd=Path(BUNDLE_ROOT),
+    )
+    exported = tmp_path / "model.ts"
+    run_bundle(
+        "network_def", "--filepath", str(exported), "--ckpt_file", str(trained / "models" / "model.pt"),
+        "--meta_file", META, "--config_file", str(CONFIGS / "inference.yaml"),
+        command="ckpt_export",
+        cwd=Path(BUNDLE_ROOT),
+    )
+
+    scripted = torch.jit.load(str(exported))
+    output = scripted(torch.randn(1, 1, 32, 48, 32))
+    assert output.shape == (1, 3, 32, 48, 32)
+
+
+def test_loss_overlay_and_override(dataset_dir, tmp_path):
+    output_dir = tmp_path / "outputs"
+    run_bundle(
+        "--config_file", json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "losses" / "dice.yaml")]),
+        "--meta_file", META,
+        "--dataset_dir", str(dataset_dir),
+        "--output_dir", str(output_dir),
+        "--ckpt_dir", str(output_dir / "models"),
+        "--loss#squared_pred", "false",
+        "--max_epochs", "1", "--val_interval", "1", "--max_cases", "2", "--patch_size", "[24, 32, 24]",
+        cwd=tmp_path,
+    )
+    client, found = runs(output_dir)
+
+    assert found[0].info.run_name == "dice-fold0-seed0"
+    assert found[0].data.params["loss"] == "dice"
+    assert found[0].data.params["loss.squared_pred"] == "False"
+    assert found[0].data.params["loss.include_background"] == "False"
+
+
+def test_missing_dataset_dir_fails_with_download_hint(tmp_path):
+    result = run_bundle(
+        "--config_file", str(CONFIGS / "train.yaml"),
+        "--meta_file", META,
+        "--dataset_dir", str(tmp_path / "no_such_task"),
+        "--output_dir", str(tmp_path / "outputs"),
+        cwd=tmp_path,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert "no_such_task not found" in result.stderr
+    assert "python -m scripts.data download" in result.stderr
