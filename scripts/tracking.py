@@ -162,9 +162,10 @@ class MLflowTracker:
 
     def start(self, engine: Engine) -> None:
         experiment_id = self._experiment_id()
+        commit = git_commit()
         tags = {
             "loss": getattr(self.loss, "registry_name", type(self.loss).__name__),
-            "mlflow.source.git.commit": git_commit(),
+            "mlflow.source.git.commit": commit,
             **{key: str(value) for key, value in self.tags.items()},
         }
         description = describe_loss(self.loss) if hasattr(self.loss, "hyperparameters") else {}
@@ -179,7 +180,7 @@ class MLflowTracker:
             "MLflow run %s (%s) in experiment %r at %s.", self.run_name, self.run_id, self.experiment_name,
             self.tracking_uri,
         )
-        self._log_params({**description, **self._run_params(engine)})
+        self._log_params({**description, **self._run_params(engine), "git_commit": commit})
         self._log_json_artifact(dict(self.split), "split.json")
         config = running_config()
         if config is not None:

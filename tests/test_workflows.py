@@ -109,6 +109,7 @@ def test_training_run_has_params(trained):
     assert int(params["network_parameters"]) > 100_000
     assert params["dataset_name"].startswith("Hippocampus")
     assert len(run.data.tags["mlflow.source.git.commit"]) >= 7
+    assert params["git_commit"] == run.data.tags["mlflow.source.git.commit"]
     assert run.data.tags["loss"] == "combo"
     assert run.data.tags["loss_family"] == "combination"
 
