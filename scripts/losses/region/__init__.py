@@ -2,5 +2,6 @@
 
 from .dice import DiceLoss
 from .lovasz import LovaszSoftmaxLoss
+from .mutual_information import RegionMutualInformationLoss
 
-__all__ = ["DiceLoss", "LovaszSoftmaxLoss"]
+__all__ = ["DiceLoss", "LovaszSoftmaxLoss", "RegionMutualInformationLoss"]
