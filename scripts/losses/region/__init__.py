@@ -3,5 +3,6 @@
 from .dice import DiceLoss
 from .lovasz import LovaszSoftmaxLoss
 from .mutual_information import RegionMutualInformationLoss
+from .t_loss import RobustTLoss
 
-__all__ = ["DiceLoss", "LovaszSoftmaxLoss", "RegionMutualInformationLoss"]
+__all__ = ["DiceLoss", "LovaszSoftmaxLoss", "RegionMutualInformationLoss", "RobustTLoss"]
