@@ -42,8 +42,8 @@ class RegionMutualInformationLoss(SegmentationLoss):
 
     with :math:`\mathrm{BCE}_c` the voxel mean of the binary cross-entropy of channel ``c``, the sum over the
     classes ``K`` in the loss (class weights ``w_c``, 1 by default), ``lambda = bce_weight``. ``mean`` averages
-    the samples. The values follow the paper's code (``ZJULearning/RMI``): ``radius=3``, ``eps=5e-4``,
-    ``bce_weight=0.5``, and average pooling with kernel = stride = 4 before the windows (its training script).
+    the samples. The defaults follow the authors' code (``ZJULearning/RMI``): ``radius=3``, ``eps=5e-4``,
+    ``bce_weight=0.5``, and average pooling with kernel = stride = 4 before the windows (``script/train.sh``).
 
     Choices that differ from the survey or the code, and why:
 
@@ -54,8 +54,8 @@ class RegionMutualInformationLoss(SegmentationLoss):
       centred, so it is left out.
     * The covariances are sums over points, not means, as in the code. The value therefore carries an offset of
       about ``(1/2) log M`` per class that depends on the patch size; compare runs at equal patch sizes.
-    * Covariances, the triangular solve and both Cholesky factorisations run in float64 with autocast off, as
-      the code does. ``eps`` keeps both matrices positive definite when a class is absent or predicted
+    * Covariances, the triangular solve and both Cholesky factorisations run in float64 with autocast off (the
+      code casts to double as well). ``eps`` keeps both matrices positive definite when a class is absent or predicted
       constant: its label patches are then constant, :math:`\Sigma_Y = 0`, and the term is the constant
       ``log(eps) / 2`` with zero gradient.
     * **Ignored voxels** cannot simply be cut out of a neighbourhood statistic. Pooling averages (or takes the
@@ -64,7 +64,7 @@ class RegionMutualInformationLoss(SegmentationLoss):
       makes a large unlabelled region count as confident background. Here ignored voxels never change the
       value, and ignoring a slab at the far end of an axis equals cropping it; at the near end it equals
       cropping only when the slab width is a multiple of ``pool_size``, since cropping shifts the pooling grid.
-      A sample or class without any valid point contributes 0.
+      The RMI term of a sample or class without any valid point is 0.
     * Pooling cells start at the first voxel and a partial last cell averages only its real voxels; the code
       pads two zero pixels on each side and averages them in.
     * ``batch=True`` pools the points and voxels of the whole batch into one statistic per class.
@@ -72,9 +72,10 @@ class RegionMutualInformationLoss(SegmentationLoss):
     3D: ``R = 3`` gives ``d = 27``, a ``27 x 27`` covariance per sample and class, and 3D pooling. The point
     vectors take ``O(M d)`` memory per sample and class, in float64; the pooling divides ``M`` by
     ``pool_size^3 = 64``, so a 128^3 patch gives about 27,000 points and 6 MB per tensor for each sample and
-    class. The defaults stay those of the paper because that memory is small next to the network's, and the
-    ``d x d`` algebra costs nothing. Every axis needs at least ``(radius - 1) * pool_size + 1`` voxels (9 by
-    default) so that one window fits; smaller inputs raise an error that says which options to lower.
+    class. The defaults stay those of the paper because that memory is small next to the network's; the
+    covariance products cost ``O(M d^2)`` and the ``d x d`` factorisations little. Every axis needs at least
+    ``(radius - 1) * pool_size + 1`` voxels (9 by default) so that one window fits; smaller inputs raise an error
+    that says which options to lower.
 
     Args:
         include_background: include class 0 in ``K``. With a sigmoid (one channel), ``K`` is the foreground.
@@ -205,8 +206,8 @@ def pool_cells(
     """Pool target and probabilities over cells of ``pool_size`` voxels per axis, using the valid voxels only.
 
     Returns the pooled target, the pooled probabilities, and a ``(B, 1, *cells)`` boolean map of the cells that
-    hold at least one valid voxel (``None`` when every cell does). Cells start at the first voxel; the last cell
-    of an axis may be partial and then pools only its real voxels.
+    contain at least one valid voxel, or ``None`` when there is no mask and no partial cell. Cells start at the
+    first voxel; the last cell of an axis may be partial and then pools only its real voxels.
     """
     if pool_size == 1:
         return target, probs, None if mask is None else mask > 0
