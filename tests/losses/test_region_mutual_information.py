@@ -256,6 +256,15 @@ def test_rmi_input_smaller_than_window_raises():
         build_loss("region_mutual_information")(logits, labels)
 
 
+def test_rmi_tiny_eps_on_perfect_prediction_raises():
+    # A perfect prediction leaves Sigma_Y|P at rounding level, which eps = 1e-16 cannot lift above zero.
+    labels = blob_labels((1, 3, 16, 16, 16), 3)
+    logits = 8.0 * (2 * torch.nn.functional.one_hot(labels[:, 0], 3).permute(0, 4, 1, 2, 3).float() - 1)
+
+    with pytest.raises(ValueError, match=r"not positive definite with eps=1e-16.*raise eps"):
+        build_loss("region_mutual_information", eps=1e-16)(logits, labels)
+
+
 def test_rmi_more_than_three_spatial_axes_raises():
     with pytest.raises(ValueError, match=r"1 to 3 spatial dimensions.*\(1, 2, 3, 3, 3, 3\)"):
         build_loss("region_mutual_information", radius=2, pool_size=1)(

@@ -190,14 +190,23 @@ class RegionMutualInformationLoss(SegmentationLoss):
 
         # Sigma_YP (Sigma_P + eps I)^-1 Sigma_YP^T = X^T X with X = L^-1 Sigma_YP^T and L L^T = Sigma_P + eps I;
         # this form stays symmetric and positive semi-definite in floating point.
-        prob_factor = torch.linalg.cholesky(prob_cov + identity)
+        prob_factor = self._cholesky(prob_cov + identity)
         solved = torch.linalg.solve_triangular(prob_factor, cross_cov_transposed, upper=False)
         posterior = label_cov - solved.transpose(-1, -2) @ solved
-        posterior_factor = torch.linalg.cholesky(posterior + identity)
+        posterior_factor = self._cholesky(posterior + identity)
         # log det = 2 sum log diag(L), so log det / (2 d) = sum log diag(L) / d.
         rmi = posterior_factor.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1) / dim
         rmi = torch.where(count > 0, rmi, torch.zeros_like(rmi))
         return rmi.to(probs.dtype)
+
+    def _cholesky(self, matrix: Tensor) -> Tensor:
+        factor, info = torch.linalg.cholesky_ex(matrix)
+        if bool((info > 0).any()):
+            raise ValueError(
+                f"a covariance of region_mutual_information is not positive definite with eps={self.eps}; "
+                "rounding outweighs eps, so raise eps (the paper uses 5e-4)."
+            )
+        return factor
 
 
 def pool_cells(
