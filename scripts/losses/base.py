@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -154,18 +155,28 @@ class SegmentationLoss(nn.Module):
             mean = total / weight.sum(dim=dims).clamp_min(torch.finfo(total.dtype).tiny)
         return mean.reshape(-1)
 
-    def average_classes(self, class_loss: Tensor, inputs: SegmentationInputs) -> Tensor:
-        """Average a ``(B, K)`` per-class loss over the classes that take part, with the class weights."""
+    def average_classes(self, class_loss: Tensor, inputs: SegmentationInputs, present: Tensor | None = None) -> Tensor:
+        """Average a ``(B, K)`` per-class loss over the classes that take part, with the class weights.
+
+        ``present``, a ``(B, K)`` boolean tensor, further restricts each row to the classes marked ``True`` (for
+        example the classes found in that sample's target); a row with no class left averages to 0.
+        """
         selected = class_loss[:, inputs.region_classes]
-        if self.class_weights is None:
+        if self.class_weights is None and present is None:
             return selected.mean(dim=1)
-        weights = self.class_weights[inputs.region_classes].to(selected)
-        if float(weights.sum()) == 0.0:
-            raise ValueError(
-                f"class_weights {self.class_weights.tolist()} give zero weight to every class in the loss; "
-                "give at least one included class a positive weight."
-            )
-        return (selected * weights).sum(dim=1) / weights.sum()
+        if self.class_weights is None:
+            weights = torch.ones_like(selected[0])
+        else:
+            weights = self.class_weights[inputs.region_classes].to(selected)
+            if float(weights.sum()) == 0.0:
+                raise ValueError(
+                    f"class_weights {self.class_weights.tolist()} give zero weight to every class in the loss; "
+                    "give at least one included class a positive weight."
+                )
+        if present is None:
+            return (selected * weights).sum(dim=1) / weights.sum()
+        weights = weights * present[:, inputs.region_classes].to(selected)
+        return (selected * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(torch.finfo(selected.dtype).tiny)
 
 
 class SegmentationInputs:
@@ -344,6 +355,16 @@ def as_bool(name: str, value: Any) -> bool:
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def require_real(name: str, value: Any) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` naming the hyperparameter when it is not a real number.
+
+    Booleans and strings (a YAML value in quotes, a command-line override) are rejected rather than converted.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}.")
+    return float(value)
 
 
 def reduce_loss(per_sample: Tensor, reduction: str) -> Tensor:
