@@ -233,7 +233,7 @@ def test_robust_t_log_precision_scales_the_residuals():
         ("log_precision", float("inf"), "log_precision must be a finite number, got inf"),
         ("nu_tilde_init", "1.0", "nu_tilde_init must be a real number, got '1.0' of type str"),
         ("epsilon", -1e-8, "epsilon must be a non-negative finite number, got -1e-08"),
-        ("normalize", "false", "normalize must be True or False, got 'false'"),
+        ("normalize", "sometimes", "normalize must be true or false, got 'sometimes'"),
     ],
 )
 def test_robust_t_invalid_options_name_the_value(option, value, message):

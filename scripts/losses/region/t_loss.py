@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..base import SegmentationInputs, SegmentationLoss, require_real
+from ..base import SegmentationInputs, SegmentationLoss, as_bool, require_real
 from ..registry import register_loss
 
 # nu_tilde is clamped to this range in the forward pass (nu from about 4.5e-5 to 4.9e8). The likelihood grows
@@ -120,12 +120,10 @@ class RobustTLoss(SegmentationLoss):
             raise ValueError(f"log_precision must be a finite number, got {log_precision}.")
         if not require_real("epsilon", epsilon) >= 0.0 or not math.isfinite(epsilon):
             raise ValueError(f"epsilon must be a non-negative finite number, got {epsilon}.")
-        if not isinstance(normalize, bool):
-            raise ValueError(f"normalize must be True or False, got {normalize!r}.")
         self.nu_tilde = nn.Parameter(torch.tensor(float(nu_tilde_init)))
         self.log_precision = float(log_precision)
         self.epsilon = float(epsilon)
-        self.normalize = normalize
+        self.normalize = as_bool("normalize", normalize)
 
     @property
     def nu(self) -> float:
