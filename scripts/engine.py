@@ -97,13 +97,14 @@ class LossAdapter(nn.Module):
 def trainable_parameters(network: nn.Module, loss: nn.Module) -> list[dict[str, Any]]:
     """Return optimizer parameter groups: the network's parameters, then the loss's if it has any.
 
-    Losses with trainable parameters (the robust T-loss learns its degrees of freedom) are trained with the same
-    optimizer settings as the network; with none, this is just ``network.parameters()``.
+    Losses with trainable parameters (the robust T-loss learns its degrees of freedom) are trained by the same
+    optimizer, without weight decay: decay would pull such a parameter towards zero, which has a meaning (nu = 1 for
+    the T-loss) rather than being a regulariser.
     """
     groups: list[dict[str, Any]] = [{"params": [p for p in network.parameters() if p.requires_grad]}]
     loss_parameters = [p for p in loss.parameters() if p.requires_grad]
     network_ids = {id(p) for p in groups[0]["params"]}
     loss_parameters = [p for p in loss_parameters if id(p) not in network_ids]
     if loss_parameters:
-        groups.append({"params": loss_parameters})
+        groups.append({"params": loss_parameters, "weight_decay": 0.0})
     return groups
