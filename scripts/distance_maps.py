@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage
 import torch
-import torch.nn.functional as F
 from monai.utils import optional_import
 from torch import Tensor
 
@@ -90,22 +89,27 @@ def inner_boundary(mask: Tensor, spatial_dims: int | None = None) -> Tensor:
     """
     mask = mask.bool()
     spatial_dims = _spatial_dims(mask, None, spatial_dims)
-    spatial_shape = mask.shape[mask.ndim - spatial_dims :]
-    volumes = mask.reshape(-1, 1, *spatial_shape)
-    # Replicate padding makes the border voxel its own outside neighbour, so the border is never a boundary.
-    padded = F.pad(volumes.float(), (1, 1) * spatial_dims, mode="replicate")
-    eroded = volumes.clone()
-    for axis in range(spatial_dims):
-        dim = 2 + axis
-        size = spatial_shape[axis]
-        before = padded.narrow(dim, 0, size)
-        after = padded.narrow(dim, 2, size)
-        for other in range(spatial_dims):
-            if other != axis:
-                before = before.narrow(2 + other, 1, spatial_shape[other])
-                after = after.narrow(2 + other, 1, spatial_shape[other])
-        eroded &= (before > 0.5) & (after > 0.5)
-    return (volumes & ~eroded).reshape(mask.shape)
+    return mask & has_face_neighbour(~mask, spatial_dims)
+
+
+def has_face_neighbour(mask: Tensor, spatial_dims: int) -> Tensor:
+    """Return the voxels that have a face neighbour in the boolean ``mask``; voxels beyond the border do not count.
+
+    Args:
+        mask: boolean tensor ``(*batch, *spatial)``.
+        spatial_dims: number of trailing spatial axes.
+    """
+    found = torch.zeros_like(mask)
+    for axis in range(mask.ndim - spatial_dims, mask.ndim):
+        size = mask.shape[axis]
+        if size < 2:
+            continue
+        # Shifting by one voxel along the axis, each way; the in-place OR writes through the views into found.
+        towards_end = found.narrow(axis, 1, size - 1)
+        towards_end |= mask.narrow(axis, 0, size - 1)
+        towards_start = found.narrow(axis, 0, size - 1)
+        towards_start |= mask.narrow(axis, 1, size - 1)
+    return found
 
 
 def signed_distance_map(mask: Tensor, spacing: Sequence[float] | None = None, spatial_dims: int | None = None) -> Tensor:
