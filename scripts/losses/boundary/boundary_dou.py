@@ -102,9 +102,17 @@ class BoundaryDoULoss(SegmentationLoss):
     def boundary_alpha(self, inputs: SegmentationInputs) -> Tensor:
         """Return ``alpha`` of every class, ``(B, K)`` or ``(1, K)`` with ``batch=True``, from the target alone."""
         with torch.no_grad():
-            target = inputs.target > 0.5
-            valid = torch.ones_like(target[:, :1]) if inputs.mask is None else inputs.mask > 0.5
-            outside = valid & ~target
+            if inputs.has_index_target:
+                classes = torch.arange(inputs.num_classes, device=inputs.labels.device)
+                target = inputs.labels.unsqueeze(1) == classes.reshape(1, -1, *(1,) * len(inputs.spatial_dims))
+            else:
+                target = inputs.target > 0.5
+            if inputs.mask is None:
+                outside = ~target
+            else:
+                valid = inputs.mask > 0.5
+                target &= valid
+                outside = valid & ~target
             boundary = target & has_face_neighbour(outside, len(inputs.spatial_dims))
             dims = inputs.spatial_dims if not self.batch else (0, *inputs.spatial_dims)
             boundary_count = boundary.sum(dim=dims).to(inputs.logits.dtype).reshape(-1, target.shape[1])
