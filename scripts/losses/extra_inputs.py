@@ -24,6 +24,14 @@ from .registry import get_loss_spec
 # The transform kind that computes each map, by extra-input name: "signed_distance_map" -> "signed".
 MAP_KINDS: dict[str, str] = {key: kind for kind, key in MAP_KEYS.items()}
 
+# The value range of each map, to catch a map of the wrong kind: (lowest, highest), None for unbounded.
+MAP_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "signed_distance_map": (None, None),
+    "boundary_distance_map": (0.0, None),
+    "region_wise_map": (-1.0, 1.0),
+    "inverted_distance_map": (0.0, 1.0),
+}
+
 # extra-input name -> builder(logits, index labels) -> the input for a batch. Other families may register more.
 EXAMPLE_BUILDERS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
 
@@ -92,8 +100,8 @@ def class_map_input(
     """Return the validated per-class map ``extra_inputs[name]``: detached, in the logits' dtype, ``(B, K, *spatial)``.
 
     Raises:
-        ValueError: when the map is missing, not a tensor, of the wrong shape or device, or not finite. The
-            message names the transform and config keys that provide it.
+        ValueError: when the map is missing, not a tensor, of the wrong shape or device, not finite, or outside
+            the value range of its kind. The message names the transform and config keys that provide it.
     """
     check_extra_input_names(loss, extra_inputs)
     value = extra_inputs.get(name)
@@ -128,9 +136,17 @@ def class_map_input(
             "to one device."
         )
     value = value.detach().to(inputs.logits.dtype)
-    if not bool(torch.isfinite(value).all()):
+    low, high = torch.aminmax(value)
+    if not (torch.isfinite(low) and torch.isfinite(high)):
         raise ValueError(
             f"the extra input '{name}' contains NaN or inf; recompute it with scripts.transforms.DistanceMapd, "
             "which gives finite maps for empty and full classes too."
+        )
+    lowest, highest = MAP_RANGES.get(name, (None, None))
+    if (lowest is not None and low < lowest) or (highest is not None and high > highest):
+        raise ValueError(
+            f"the extra input '{name}' has values from {low.item():.4g} to {high.item():.4g}, outside its range "
+            f"[{lowest}, {highest if highest is not None else 'inf'}]; is it a map of another kind? Compute it with "
+            f"DistanceMapd(kind='{kind}')."
         )
     return value

@@ -219,10 +219,12 @@ def test_hausdorff_variant_rejects_unread_map():
         {"variant": "chamfer"},
         {"alpha": -1.0},
         {"alpha": float("nan")},
+        {"alpha": "2"},
         {"erosions": 0},
         {"erosions": 2.5},
         {"radii": ()},
         {"radii": (2.0, -1.0)},
+        {"radii": 3},
         {"spacing": (1.0, 0.0)},
     ],
 )
@@ -236,3 +238,11 @@ def test_hausdorff_spacing_of_the_wrong_length_raises():
 
     with pytest.raises(ValueError, match="spacing"):
         build_loss("hausdorff", spacing=(1.0, 1.0, 1.0))(logits, ROW_LABELS, **extras)
+
+
+def test_hausdorff_rejects_a_signed_map():
+    labels = torch.tensor([0, 1, 1, 1, 0]).reshape(1, 1, 1, 5)
+    signed_map = class_distance_maps(labels, 2, "signed", batched=True)
+
+    with pytest.raises(ValueError, match=r"values from -1 to 2, outside its range \[0.0, inf\].*kind='boundary'"):
+        build_loss("hausdorff")(torch.zeros(1, 1, 1, 5), labels, boundary_distance_map=signed_map)

@@ -93,7 +93,7 @@ class HausdorffLoss(SegmentationLoss):
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` over samples.
         batch: average over the voxels of the whole batch.
         variant: ``"dt"``, ``"erosion"`` or ``"convolution"``.
-        alpha: exponent of the distance, erosion count or radius weights (the paper explored 1 to 3).
+        alpha: exponent of the distance, erosion count or radius weights.
         erosions: number of erosions ``K`` of the erosion variant.
         radii: ball radii of the convolution variant, in the spacing's unit.
         spacing: voxel size per spatial axis for ``d_p`` and the balls; ``None`` reads it from a MetaTensor map or
@@ -124,17 +124,16 @@ class HausdorffLoss(SegmentationLoss):
         )
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
-        if not (math.isfinite(alpha) and alpha >= 0):
-            raise ValueError(f"alpha must be a non-negative number, got {alpha}; the paper uses 2.")
+        if not (_is_number(alpha) and alpha >= 0):
+            raise ValueError(f"alpha must be a non-negative number, got {alpha!r}; the paper uses 2.")
         if isinstance(erosions, bool) or not isinstance(erosions, int) or erosions < 1:
             raise ValueError(f"erosions must be a positive integer, got {erosions!r}.")
+        if not _positive_numbers(radii):
+            raise ValueError(f"radii must be a list of one or more positive numbers, got {radii!r}, e.g. [2, 4, 6, 8].")
+        if spacing is not None and not _positive_numbers(spacing):
+            raise ValueError(f"spacing must be a list of positive voxel sizes, one per axis, got {spacing!r}.")
         radii = tuple(float(radius) for radius in radii)
-        if not radii or any(not (math.isfinite(radius) and radius > 0) for radius in radii):
-            raise ValueError(f"radii must be one or more positive numbers, got {list(radii)}.")
-        if spacing is not None:
-            spacing = tuple(float(value) for value in spacing)
-            if any(not (math.isfinite(value) and value > 0) for value in spacing):
-                raise ValueError(f"spacing must hold positive voxel sizes, got {list(spacing)}.")
+        spacing = None if spacing is None else tuple(float(value) for value in spacing)
         self.variant = variant
         self.alpha = float(alpha)
         self.erosions = erosions
@@ -209,6 +208,16 @@ class HausdorffLoss(SegmentationLoss):
             )
             total = total + radius**self.alpha * terms
         return total
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive_numbers(values: Any) -> bool:
+    if not isinstance(values, Sequence) or isinstance(values, str) or len(values) == 0:
+        return False
+    return all(_is_number(value) and value > 0 for value in values)
 
 
 def predicted_masks(inputs: SegmentationInputs) -> Tensor:
