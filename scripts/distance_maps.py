@@ -8,10 +8,11 @@ from each voxel of a mask to the nearest voxel outside it, on the tensor's own d
   otherwise a separable exact transform written in torch (one brute-force lower envelope per axis, chunked to
   bound memory), so no distance map of a prediction goes through the host.
 
-On top of it, :func:`signed_distance_map` and :func:`boundary_distance_map` build per-class maps with explicit
-conventions for empty and full masks. SciPy's transform of a mask without any background voxel measures
-distances to a phantom point outside the image; here a class that fills its volume, or is absent from it, has no
-boundary and gets an all-zero map, which the losses document as "no boundary penalty".
+On top of it, :func:`signed_distance_map`, :func:`boundary_distance_map`, :func:`region_wise_map` and
+:func:`inverted_distance_map` build per-class maps with explicit conventions for empty and full masks. SciPy's
+transform of a mask without any background voxel measures distances to a phantom point outside the image; here a
+class that fills its volume, or is absent from it, has no boundary and gets a constant map (zero for the distance
+maps), which the losses document as "no boundary penalty".
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage
 import torch
-import torch.nn.functional as F
 from monai.utils import optional_import
 from torch import Tensor
 
@@ -89,32 +89,38 @@ def inner_boundary(mask: Tensor, spatial_dims: int | None = None) -> Tensor:
     """
     mask = mask.bool()
     spatial_dims = _spatial_dims(mask, None, spatial_dims)
-    spatial_shape = mask.shape[mask.ndim - spatial_dims :]
-    volumes = mask.reshape(-1, 1, *spatial_shape)
-    # Replicate padding makes the border voxel its own outside neighbour, so the border is never a boundary.
-    padded = F.pad(volumes.float(), (1, 1) * spatial_dims, mode="replicate")
-    eroded = volumes.clone()
-    for axis in range(spatial_dims):
-        dim = 2 + axis
-        size = spatial_shape[axis]
-        before = padded.narrow(dim, 0, size)
-        after = padded.narrow(dim, 2, size)
-        for other in range(spatial_dims):
-            if other != axis:
-                before = before.narrow(2 + other, 1, spatial_shape[other])
-                after = after.narrow(2 + other, 1, spatial_shape[other])
-        eroded &= (before > 0.5) & (after > 0.5)
-    return (volumes & ~eroded).reshape(mask.shape)
+    return mask & has_face_neighbour(~mask, spatial_dims)
+
+
+def has_face_neighbour(mask: Tensor, spatial_dims: int) -> Tensor:
+    """Return the voxels that have a face neighbour in the boolean ``mask``; voxels beyond the border do not count.
+
+    Args:
+        mask: boolean tensor ``(*batch, *spatial)``.
+        spatial_dims: number of trailing spatial axes.
+    """
+    found = torch.zeros_like(mask)
+    for axis in range(mask.ndim - spatial_dims, mask.ndim):
+        size = mask.shape[axis]
+        if size < 2:
+            continue
+        # Shifting by one voxel along the axis, each way; the in-place OR writes through the views into found.
+        towards_end = found.narrow(axis, 1, size - 1)
+        towards_end |= mask.narrow(axis, 0, size - 1)
+        towards_start = found.narrow(axis, 0, size - 1)
+        towards_start |= mask.narrow(axis, 1, size - 1)
+    return found
 
 
 def signed_distance_map(mask: Tensor, spacing: Sequence[float] | None = None, spatial_dims: int | None = None) -> Tensor:
     """Return the signed distance map of ``mask``: positive outside, zero on the inner boundary, negative inside.
 
     Outside the object a voxel gets its distance to the nearest object voxel; inside, minus its distance to the
-    nearest inner-boundary voxel (:func:`inner_boundary`). With unit spacing this is Kervadec et al.'s map
-    (``EDT(outside)`` outside, ``-(EDT(inside) - 1)`` inside; a row ``0111110`` gives ``1 0 -1 -2 -1 0 1``).
-    With anisotropic spacing their offset of 1 would leave inner-boundary voxels at ``1 - spacing``; measuring to
-    the inner boundary keeps them at exactly 0 on every axis.
+    nearest inner-boundary voxel (:func:`inner_boundary`). Kervadec et al. use ``EDT(outside)`` outside and
+    ``-(EDT(inside) - 1)`` inside, and a row ``0111110`` gives ``1 0 -1 -2 -1 0 1`` in both. The two maps agree
+    wherever the nearest background voxel of an inside voxel lies along a grid axis, as in rows and boxes. Behind a
+    concave corner their offset of 1 gives ``-(sqrt(2) - 1)`` where this map gives -1. With anisotropic spacing
+    their offset would leave inner-boundary voxels at ``1 - spacing``, whereas this map keeps them at exactly 0.
 
     A volume in which the mask is empty or fills everything has no boundary and gets an all-zero map.
 
@@ -127,21 +133,80 @@ def signed_distance_map(mask: Tensor, spacing: Sequence[float] | None = None, sp
         float32 tensor of the mask's shape.
     """
     mask = mask.bool()
-    spatial_dims = _spatial_dims(mask, spacing, spatial_dims)
-    outside = euclidean_distance_transform(~mask, spacing, spatial_dims)
-    inside = euclidean_distance_transform(~inner_boundary(mask, spatial_dims), spacing, spatial_dims)
-    signed = torch.where(mask, -inside, outside)
-    return _zero_without_boundary(signed, mask, spatial_dims)
+    distances = boundary_distance_map(mask, spacing, spatial_dims)
+    return torch.where(mask, -distances, distances)
 
 
 def boundary_distance_map(
     mask: Tensor, spacing: Sequence[float] | None = None, spatial_dims: int | None = None
 ) -> Tensor:
-    """Return the unsigned distance of every voxel to the boundary of ``mask`` (the absolute signed map).
+    """Return the unsigned distance of every voxel to the inner boundary of ``mask`` (the absolute signed map).
 
-    Zero on the inner boundary; an empty or full mask gets an all-zero map.
+    Zero on the inner boundary; an empty or full mask gets an all-zero map. One transform serves both sides,
+    because the nearest mask voxel of an outside voxel is always an inner-boundary voxel. Were it an interior
+    voxel, its face neighbour one step closer along an axis would be a closer mask voxel.
     """
-    return signed_distance_map(mask, spacing, spatial_dims).abs()
+    mask = mask.bool()
+    spatial_dims = _spatial_dims(mask, spacing, spatial_dims)
+    distances = euclidean_distance_transform(~inner_boundary(mask, spatial_dims), spacing, spatial_dims)
+    return _zero_without_boundary(distances, mask, spatial_dims)
+
+
+def region_wise_map(mask: Tensor, spacing: Sequence[float] | None = None, spatial_dims: int | None = None) -> Tensor:
+    """Return Valverde and Tohka's rectified region-wise (RRW) map of ``mask``.
+
+    Inside the mask a voxel gets ``-d / max(d)``. Here ``d`` is its distance to the nearest voxel outside the
+    mask, and the maximum runs over the mask's voxels in the volume. Every other voxel gets +1. The values lie in
+    ``[-1, 0)`` inside, most negative at the centre: a row ``0111110`` gives ``1 -1/3 -2/3 -1 -2/3 -1/3 1``. A mask
+    that fills its volume is -1 everywhere and an empty mask +1 everywhere.
+
+    Args:
+        mask: boolean tensor ``(*batch, *spatial)``.
+        spacing: voxel size per spatial axis.
+        spatial_dims: number of trailing spatial axes (see :func:`euclidean_distance_transform`).
+
+    Returns:
+        float32 tensor of the mask's shape.
+    """
+    mask = mask.bool()
+    depth = _normalised_depth(mask, spacing, spatial_dims)
+    return torch.where(mask, -depth, 1.0)
+
+
+def inverted_distance_map(
+    mask: Tensor, spacing: Sequence[float] | None = None, spatial_dims: int | None = None
+) -> Tensor:
+    """Return the inverted distance map of ``mask``: largest next to the boundary, zero at its deepest voxels.
+
+    Inside the mask a voxel gets ``(max(d) - d) / max(d)``. Here ``d`` is its distance to the nearest voxel
+    outside the mask, and the maximum runs over the mask's voxels in the volume. Every other voxel gets 0. A row
+    ``0111110`` gives ``0 2/3 1/3 0 1/3 2/3 0``. Values lie in ``[0, 1)``, so the map does not depend on the image
+    size. A mask whose deepest voxels touch the boundary (thickness one voxel) is 0 everywhere, as is an empty or
+    full mask.
+
+    Args:
+        mask: boolean tensor ``(*batch, *spatial)``.
+        spacing: voxel size per spatial axis.
+        spatial_dims: number of trailing spatial axes (see :func:`euclidean_distance_transform`).
+
+    Returns:
+        float32 tensor of the mask's shape.
+    """
+    mask = mask.bool()
+    depth = _normalised_depth(mask, spacing, spatial_dims)
+    inverted = torch.where(mask, 1.0 - depth, 0.0)
+    return _zero_without_boundary(inverted, mask, _spatial_dims(mask, spacing, spatial_dims))
+
+
+def _normalised_depth(mask: Tensor, spacing: Sequence[float] | None, spatial_dims: int | None) -> Tensor:
+    """Return ``d / max(d)`` inside ``mask``, ``d`` being the distance to the nearest outside voxel (1 if full)."""
+    spatial_dims = _spatial_dims(mask, spacing, spatial_dims)
+    depth = euclidean_distance_transform(mask, spacing, spatial_dims)
+    # A full volume has no outside voxel: its depth is inf everywhere, which this normalisation turns into 1.
+    depth = torch.where(torch.isinf(depth), 1.0, depth)
+    deepest = depth.flatten(depth.ndim - spatial_dims).amax(dim=-1)
+    deepest = deepest.reshape(*deepest.shape, *(1,) * spatial_dims)
+    return depth / deepest.clamp_min(torch.finfo(depth.dtype).tiny)
 
 
 def _zero_without_boundary(distances: Tensor, mask: Tensor, spatial_dims: int) -> Tensor:

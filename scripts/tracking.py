@@ -28,7 +28,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.tracking import MlflowClient
 
 from . import BUNDLE_ROOT
-from .losses import describe_loss
+from .losses import describe_loss, get_loss_spec
 from .metrics import per_class_means
 from .plots import plot_learning_curves
 
@@ -101,7 +101,10 @@ class MLflowTracker:
         split: the split from :func:`scripts.data.prepare_split`.
         class_names: names of the classes in label order, background first.
         params: further parameters, e.g. epochs, batch size, patch size, seed, fold.
-        run_name: name of the new run; default ``<loss>-fold<fold>-seed<seed>``.
+        loss_name: the name the run is filed under (run name, ``loss`` tag and parameter, ``loss_family`` tag);
+            default the registry name of ``loss``. An overlay that trains a registered loss inside a combination
+            (the boundary loss inside a weighted sum with a schedule) sets it to that loss's name.
+        run_name: name of the new run; default ``<loss_name>-fold<fold>-seed<seed>``.
         tags: further tags.
         checkpoint_path: the best checkpoint, logged as an artifact at the end.
         artifact_location: where a new experiment stores artifacts; default ``mlartifacts`` beside a SQLite
@@ -120,6 +123,7 @@ class MLflowTracker:
         split: Mapping[str, Any],
         class_names: Sequence[str],
         params: Mapping[str, Any] | None = None,
+        loss_name: str | None = None,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         checkpoint_path: str | Path | None = None,
@@ -135,6 +139,7 @@ class MLflowTracker:
         self.split = split
         self.class_names = list(class_names)
         self.params = dict(params or {})
+        self.loss_name = loss_name or getattr(loss, "registry_name", type(loss).__name__)
         self.tags = dict(tags or {})
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
@@ -164,11 +169,21 @@ class MLflowTracker:
         experiment_id = self._experiment_id()
         commit = git_commit()
         tags = {
-            "loss": getattr(self.loss, "registry_name", type(self.loss).__name__),
+            "loss": self.loss_name,
             "mlflow.source.git.commit": commit,
             **{key: str(value) for key, value in self.tags.items()},
         }
         description = describe_loss(self.loss) if hasattr(self.loss, "hyperparameters") else {}
+        if description.get("loss") != self.loss_name:
+            # The registered loss trains inside a combination: file the run under its name and family.
+            description["loss_combination"] = description.get("loss")
+            description["loss"] = self.loss_name
+            try:
+                spec = get_loss_spec(self.loss_name)
+                description["loss_family"] = spec.family
+                description["loss_paper"] = spec.reference
+            except ValueError:
+                description.pop("loss_family", None)
         if "loss_family" in description:
             tags["loss_family"] = str(description["loss_family"])
         for key in ("fold", "seed"):
@@ -303,7 +318,7 @@ class MLflowTracker:
         self.client.log_artifact(self.run_id, str(path))
 
     def _default_run_name(self) -> str:
-        name = getattr(self.loss, "registry_name", type(self.loss).__name__)
+        name = self.loss_name
         fold = self.params.get("fold", "x")
         seed = self.params.get("seed", "x")
         return f"{name}-fold{fold}-seed{seed}"

@@ -11,20 +11,48 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from scripts.losses import build_loss, get_loss_spec
+from scripts.losses import build_loss
+from scripts.losses.extra_inputs import example_extra_inputs
+from scripts.transforms import class_distance_maps
+
+
+def _maps_from_labels(name: str) -> Callable[[Tensor, Tensor], dict[str, Tensor]]:
+    # The maps that DistanceMapd would compute from these labels, for the loss as the tests build it.
+    return lambda logits, labels: example_extra_inputs(build(name), logits, labels)
+
 
 # name -> factory(logits, index_target) -> dict of extra inputs for the loss's forward().
-EXTRA_INPUT_FACTORIES: dict[str, Callable[[Tensor, Tensor], dict[str, Tensor]]] = {}
+EXTRA_INPUT_FACTORIES: dict[str, Callable[[Tensor, Tensor], dict[str, Tensor]]] = {
+    name: _maps_from_labels(name)
+    for name in ("boundary", "distance_map_ce", "hausdorff", "region_wise", "weighted_sum")
+}
+
+# The reason shared by the losses that read a ground-truth map from the pipeline.
+_MAP_OF_A_CROP = (
+    "reads a distance map of the ground truth, and the map of a cropped volume differs from the crop of the map "
+    "near the crop border (the distance to a boundary beyond the crop is lost)"
+)
 
 # Losses whose value is not a sum over independent voxels, so ignoring a slab of voxels is not the same as
 # cropping it away; each entry gives the reason, and the test only checks that the ignored voxels are left out.
-IGNORE_IS_NOT_A_CROP: dict[str, str] = {}
+IGNORE_IS_NOT_A_CROP: dict[str, str] = {
+    "boundary": _MAP_OF_A_CROP,
+    "distance_map_ce": _MAP_OF_A_CROP,
+    "hausdorff": _MAP_OF_A_CROP + "; the prediction's map also treats ignored voxels as belonging to no class",
+    "region_wise": _MAP_OF_A_CROP,
+    "weighted_sum": "its test members include the boundary loss, which " + _MAP_OF_A_CROP,
+}
 
 # Hyperparameters that the registry-wide tests use instead of a loss's defaults, with the reason.
 TEST_OVERRIDES: dict[str, dict] = {
     # The default window of 3 cells after 4-voxel pooling needs 9 voxels per axis, more than the 4 to 8 of the
     # contract's shapes and crops; 2 cells of 2 voxels still exercise pooling, windows and masking there.
     "region_mutual_information": {"radius": 2, "pool_size": 2},
+    # weighted_sum has no default members. Kervadec et al.'s pair exercises a region loss on every class, a map
+    # loss with its own include_background, and the forwarding of an extra input.
+    "weighted_sum": {
+        "losses": {"generalized_dice": {"weight": 1.0}, "boundary": {"weight": 0.5, "include_background": False}}
+    },
 }
 
 
@@ -73,11 +101,12 @@ def build(name: str, **hyperparameters) -> torch.nn.Module:
 
 
 def extra_inputs(name: str, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-    spec = get_loss_spec(name)
-    if not spec.extra_inputs:
+    # The built loss's extra_inputs: a combination's depend on its members, a variant's on its options.
+    needed = build(name).extra_inputs
+    if not needed:
         return {}
     if name not in EXTRA_INPUT_FACTORIES:
-        raise AssertionError(f"loss {name!r} needs {spec.extra_inputs}; add a factory to EXTRA_INPUT_FACTORIES.")
+        raise AssertionError(f"loss {name!r} needs {needed}; add a factory to EXTRA_INPUT_FACTORIES.")
     return EXTRA_INPUT_FACTORIES[name](logits, labels)
 
 
@@ -85,3 +114,16 @@ def evaluate(loss: torch.nn.Module, name: str, logits: Tensor, target: Tensor, l
     """Call ``loss`` with the extra inputs it needs, derived from the index ``labels`` (default: ``target``)."""
     labels = target if labels is None else labels
     return loss(logits, target, **extra_inputs(name, logits, labels))
+
+
+# The 1 x 7 row of the distance-loss reference values: foreground probabilities against the target 0111110.
+ROW_PROBS = torch.tensor([0.2, 0.9, 0.8, 0.9, 0.7, 0.6, 0.1], dtype=torch.float64)
+ROW_LABELS = torch.tensor([0, 1, 1, 1, 1, 1, 0])
+
+
+def row_case(kind: str, spatial_dims: int = 2) -> tuple[Tensor, Tensor, Tensor]:
+    """Sigmoid logits, index labels and the float64 ``kind`` map of the reference row, in 2D or 3D shape."""
+    shape = (1, 1) + (1,) * (spatial_dims - 1) + (7,)
+    labels = ROW_LABELS.reshape(shape)
+    class_map = class_distance_maps(labels, 2, kind, batched=True).double()
+    return torch.logit(ROW_PROBS).reshape(shape), labels, class_map

@@ -12,6 +12,8 @@ from scripts.distance_maps import (
     boundary_distance_map,
     euclidean_distance_transform,
     inner_boundary,
+    inverted_distance_map,
+    region_wise_map,
     signed_distance_map,
 )
 
@@ -141,3 +143,98 @@ def test_inner_boundary_ignores_the_image_border():
 
     assert boundary.sum() == 4
     assert boundary[1, 2] and boundary[3, 2] and boundary[2, 1] and boundary[2, 3]
+
+
+def brute_force_signed_map(mask: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Distance to the nearest mask voxel outside, minus the distance to the nearest inner-boundary voxel inside."""
+    boundary = inner_boundary(torch.from_numpy(mask), spatial_dims=mask.ndim).numpy()
+    coordinates = np.array(list(itertools.product(*[range(size) for size in mask.shape])), dtype=np.float64)
+    physical = coordinates * np.asarray(spacing)
+
+    def nearest(targets: np.ndarray) -> np.ndarray:
+        chosen = physical[targets.reshape(-1)]
+        pairwise = np.sqrt(((physical[:, None, :] - chosen[None, :, :]) ** 2).sum(axis=-1))
+        return pairwise.min(axis=1).reshape(mask.shape)
+
+    return np.where(mask, -nearest(boundary), nearest(mask))
+
+
+@pytest.mark.parametrize(("shape", "spacing"), CASES)
+def test_signed_map_matches_brute_force(shape, spacing):
+    for seed in range(3):
+        mask = random_mask(shape, seed, fraction=0.4)
+        expected = brute_force_signed_map(mask.numpy(), spacing)
+
+        result = signed_distance_map(mask, spacing)
+
+        np.testing.assert_allclose(result.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_signed_map_differs_from_kervadec_behind_a_concave_corner():
+    # Only the corner (0, 0) is background. Voxel (1, 1) is sqrt(2) from it, so Kervadec's -(EDT - 1) gives
+    # -0.414, but its face neighbours (0, 1) and (1, 0) are inner-boundary voxels one step away: -1 here.
+    mask = torch.ones((3, 3), dtype=torch.bool)
+    mask[0, 0] = False
+
+    result = signed_distance_map(mask, spatial_dims=2)
+
+    assert result[1, 1] == pytest.approx(-1.0)
+    assert result[0, 0] == pytest.approx(1.0)
+
+
+def test_region_wise_map_row_matches_valverde():
+    row = torch.tensor([0, 1, 1, 1, 1, 1, 0], dtype=torch.bool)[None]
+
+    result = region_wise_map(row, spatial_dims=2)
+
+    np.testing.assert_allclose(result[0].numpy(), [1, -1 / 3, -2 / 3, -1, -2 / 3, -1 / 3, 1], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("shape", "spacing"), CASES)
+def test_region_wise_map_matches_brute_force(shape, spacing):
+    mask = random_mask(shape, seed=5)
+    depth = brute_force_distance(mask.numpy(), spacing)
+    expected = np.where(mask.numpy(), -depth / depth.max(), 1.0)
+
+    result = region_wise_map(mask, spacing)
+
+    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_region_wise_map_of_empty_and_full_masks():
+    masks = torch.zeros((2, 4, 5, 3), dtype=torch.bool)
+    masks[1] = True
+
+    result = region_wise_map(masks)
+
+    assert (result[0] == 1).all()
+    assert (result[1] == -1).all()
+
+
+def test_inverted_map_row_matches_segloss():
+    row = torch.tensor([0, 1, 1, 1, 1, 1, 0], dtype=torch.bool)[None]
+
+    result = inverted_distance_map(row, spatial_dims=2)
+
+    np.testing.assert_allclose(result[0].numpy(), [0, 2 / 3, 1 / 3, 0, 1 / 3, 2 / 3, 0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(("shape", "spacing"), CASES)
+def test_inverted_map_matches_brute_force(shape, spacing):
+    mask = random_mask(shape, seed=6)
+    depth = brute_force_distance(mask.numpy(), spacing)
+    expected = np.where(mask.numpy(), (depth.max() - depth) / depth.max(), 0.0)
+
+    result = inverted_distance_map(mask, spacing)
+
+    np.testing.assert_allclose(result.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_inverted_map_of_thin_empty_and_full_masks_is_zero():
+    masks = torch.zeros((3, 6, 6), dtype=torch.bool)
+    masks[0, 2, :] = True
+    masks[2] = True
+
+    result = inverted_distance_map(masks, spatial_dims=2)
+
+    assert (result == 0).all()

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from monai.bundle import run
 
 from scripts import BUNDLE_ROOT
-from scripts.losses import list_losses
+from scripts.losses import get_loss_spec, list_losses
 
 CONFIGS = Path(BUNDLE_ROOT) / "configs"
 NAMES = [spec.name for spec in list_losses()]
@@ -29,7 +29,8 @@ def test_overlay_builds_its_loss(name):
     overlay = yaml.safe_load((CONFIGS / "losses" / f"{name}.yaml").read_text())
 
     assert overlay["loss"]["_target_"] == "scripts.losses.build_loss"
-    assert overlay["loss"]["name"] == name
+    # An overlay trains its loss directly or inside a combination (then it files the run under loss_name).
+    assert overlay.get("loss_name", overlay["loss"]["name"]) == name
 
 
 @pytest.mark.training
@@ -54,5 +55,7 @@ def test_loss_trains_one_epoch(name, dataset_dir, tmp_path):
     (found,) = client.search_runs([experiment.experiment_id])
     assert found.info.status == "FINISHED"
     assert found.data.params["loss"] == name
+    assert found.data.tags["loss"] == name
+    assert found.data.tags["loss_family"] == get_loss_spec(name).family
     assert math.isfinite(found.data.metrics["train_loss"])
     assert "val_mean_dice" in found.data.metrics

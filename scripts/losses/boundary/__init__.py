@@ -1,3 +1,8 @@
 """Boundary-level losses: distances between predicted and target boundaries."""
 
-__all__: list[str] = []
+from .boundary_dou import BoundaryDoULoss
+from .boundary_loss import BoundaryLoss
+from .hausdorff import HausdorffLoss
+from .region_wise import RegionWiseLoss
+
+__all__ = ["BoundaryDoULoss", "BoundaryLoss", "HausdorffLoss", "RegionWiseLoss"]

@@ -1,5 +1,6 @@
 """Pixel-level losses: each voxel is scored on its own class probability."""
 
 from .cross_entropy import CrossEntropyLoss
+from .distance_map_ce import DistanceMapCrossEntropyLoss
 
-__all__ = ["CrossEntropyLoss"]
+__all__ = ["CrossEntropyLoss", "DistanceMapCrossEntropyLoss"]

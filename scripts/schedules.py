@@ -1,0 +1,125 @@
+"""Epoch schedules for the weights of a ``weighted_sum`` loss, attached to the trainer as ignite handlers.
+
+The bundle's ``extra_train_handlers`` hook attaches them; the Kervadec et al. schedule of the ``boundary``
+overlay reads::
+
+    extra_train_handlers:
+      - _target_: scripts.schedules.WeightTransfer
+        loss: "@loss"
+        source: generalized_dice
+        target: boundary
+        step: 0.01
+        source_floor: 0.1
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+
+from ignite.engine import Engine, Events
+
+logger = logging.getLogger(__name__)
+
+
+class WeightTransfer:
+    """Move weight from one member of a ``weighted_sum`` loss to another at the start of every epoch.
+
+    In epoch ``e`` (1-based) the weights are::
+
+        source = max(source_floor, source_start - step * (e - 1))
+        target = target_start + step * (e - 1)                 # keep_total=False
+        target = source_start + target_start - source         # keep_total=True
+
+    ``keep_total=False`` is Kervadec et al.'s ``StealWeight`` schedule for the boundary loss (start 1 and 0.01,
+    step 0.01, floor 0.1): the target keeps gaining ``step`` after the source reaches its floor.
+    ``keep_total=True`` moves exactly what the source loses, as Valverde and Tohka's "gradual" weights
+    ``max((100 - epoch) / 100, 0.01)`` and one minus that (start 1 and 0, step 0.01, floor 0.01). The weights
+    depend on the epoch number alone, so a run resumed from a checkpoint continues the schedule. Each change is
+    logged, and the loss's ``current_weights`` shows the weights for experiment tracking.
+
+    Args:
+        loss: a loss with ``current_weights`` and ``set_weight`` (``weighted_sum``).
+        source: the member that loses weight.
+        target: the member that gains weight.
+        step: weight moved per epoch, at least 0.
+        source_floor: the smallest weight of the source, at least 0.
+        start: weights of epoch 1, ``{name: weight}``; members not given keep their weight at attach time.
+        keep_total: give the target exactly what the source loses, so the sum of the two stays constant.
+
+    Raises:
+        ValueError: for a loss without weights, a source or target that is not one of its members, the same
+            member as source and target, or a negative or non-finite step, floor or start weight.
+    """
+
+    def __init__(
+        self,
+        loss,
+        source: str,
+        target: str,
+        step: float = 0.01,
+        source_floor: float = 0.1,
+        start: Mapping[str, float] | None = None,
+        keep_total: bool = False,
+    ) -> None:
+        if not (hasattr(loss, "current_weights") and hasattr(loss, "set_weight")):
+            raise ValueError(
+                f"WeightTransfer needs a loss with current_weights and set_weight (weighted_sum), got "
+                f"{type(loss).__name__}; set loss#name to weighted_sum."
+            )
+        members = list(loss.current_weights)
+        for role, name in (("source", source), ("target", target)):
+            if name not in members:
+                raise ValueError(f"the {role} {name!r} is not a member of the loss; its members are {members}.")
+        if source == target:
+            raise ValueError(f"source and target are both {source!r}; name two different members.")
+        for option, value in (("step", step), ("source_floor", source_floor)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{option} must be a finite non-negative number, got {value!r}.")
+
+        weights = loss.current_weights
+        for name, value in (start or {}).items():
+            if name not in members:
+                raise ValueError(f"start names {name!r}, which is not a member of the loss; its members are {members}.")
+            loss.set_weight(name, value)
+            weights[name] = float(value)
+        self.loss = loss
+        self.source = source
+        self.target = target
+        self.step = float(step)
+        self.source_floor = float(source_floor)
+        self.keep_total = bool(keep_total)
+        self.source_start = weights[source]
+        self.target_start = weights[target]
+
+    def weights_at(self, epoch: int) -> tuple[float, float]:
+        """Return the ``(source, target)`` weights of the 1-based ``epoch``."""
+        steps = max(epoch - 1, 0)
+        source = max(self.source_floor, self.source_start - self.step * steps)
+        if self.keep_total:
+            target = self.source_start + self.target_start - source
+        else:
+            target = self.target_start + self.step * steps
+        return source, target
+
+    def attach(self, engine: Engine) -> None:
+        """Update the weights at the start of every epoch of ``engine``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        source, target = self.weights_at(engine.state.epoch)
+        previous = self.loss.current_weights
+        self.loss.set_weight(self.source, source)
+        self.loss.set_weight(self.target, target)
+        if previous[self.source] != source or previous[self.target] != target:
+            logger.info(
+                "epoch %d: loss weights %s %.4g -> %.4g, %s %.4g -> %.4g",
+                engine.state.epoch,
+                self.source,
+                previous[self.source],
+                source,
+                self.target,
+                previous[self.target],
+                target,
+            )
