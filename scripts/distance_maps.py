@@ -3,7 +3,9 @@
 One module serves every distance-based loss. The core is :func:`euclidean_distance_transform`, the exact distance
 from each voxel of a mask to the nearest voxel outside it, on the tensor's own device:
 
-* CPU tensors use ``scipy.ndimage.distance_transform_edt`` (exact, linear time, C code).
+* CPU tensors use the ``edt`` package (Seung lab's multi-threaded exact transform, about ten times faster than
+  SciPy on a 64^3 volume) when it is installed, and ``scipy.ndimage.distance_transform_edt`` otherwise; both are
+  exact and linear in the number of voxels.
 * CUDA tensors use cuCIM's exact transform when it is installed (as MONAI's ``distance_transform_edt`` does), and
   otherwise a separable exact transform written in torch (one brute-force lower envelope per axis, chunked to
   bound memory), so no distance map of a prediction goes through the host.
@@ -26,12 +28,13 @@ from monai.utils import optional_import
 from torch import Tensor
 
 cucim_morphology, has_cucim = optional_import("cucim.core.operations.morphology")
+edt_package, has_edt = optional_import("edt")
 cupy, has_cupy = optional_import("cupy")
 
 # Elements of the (lines, n, n) tensor that one brute-force chunk may allocate: 2**24 float32 values are 64 MiB.
 _BRUTE_FORCE_CHUNK_ELEMENTS = 2**24
 
-METHODS = ("auto", "scipy", "torch", "cucim")
+METHODS = ("auto", "edt", "scipy", "torch", "cucim")
 
 
 def euclidean_distance_transform(
@@ -47,7 +50,8 @@ def euclidean_distance_transform(
         spacing: voxel size per spatial axis, in the unit of the result (e.g. mm). ``None`` means 1 per axis.
         spatial_dims: number of trailing spatial axes; default ``len(spacing)``, or 3 for a 3+ dimensional mask
             without spacing, 2 for a 2D mask.
-        method: ``"auto"`` (scipy on CPU, cuCIM or torch on CUDA), ``"scipy"``, ``"torch"`` or ``"cucim"``.
+        method: ``"auto"`` (edt, else scipy on CPU; cuCIM, else torch on CUDA), ``"edt"``, ``"scipy"``,
+            ``"torch"`` or ``"cucim"``.
 
     Returns:
         float32 tensor of the mask's shape, on the mask's device.
@@ -62,13 +66,15 @@ def euclidean_distance_transform(
     spacing = _check_spacing(spacing, spatial_dims)
     if method == "auto":
         if mask.device.type == "cpu":
-            method = "scipy"
+            method = "edt" if has_edt else "scipy"
         else:
             method = "cucim" if (has_cucim and has_cupy and mask.device.type == "cuda") else "torch"
 
     spatial_shape = mask.shape[mask.ndim - spatial_dims :]
     volumes = mask.reshape(-1, *spatial_shape)
-    if method == "scipy":
+    if method == "edt":
+        distances = _edt_transform(volumes, spacing)
+    elif method == "scipy":
         distances = _scipy_transform(volumes, spacing)
     elif method == "cucim":
         distances = _cucim_transform(volumes, spacing)
@@ -234,6 +240,17 @@ def _check_spacing(spacing: Sequence[float] | None, spatial_dims: int) -> tuple[
             f"spacing must give one positive voxel size per spatial axis ({spatial_dims}), got {list(values)}."
         )
     return values
+
+
+def _edt_transform(volumes: Tensor, spacing: tuple[float, ...]) -> Tensor:
+    masks = volumes.detach().cpu().numpy().astype(np.uint8)
+    distances = np.zeros(masks.shape, dtype=np.float32)
+    threads = max(1, torch.get_num_threads())
+    for index, volume in enumerate(masks):
+        if volume.any() and not volume.all():
+            # black_border=False: the image border is not background, as in SciPy's transform.
+            distances[index] = edt_package.edt(volume, anisotropy=spacing, black_border=False, parallel=threads)
+    return torch.from_numpy(distances).to(volumes.device)
 
 
 def _scipy_transform(volumes: Tensor, spacing: tuple[float, ...]) -> Tensor:

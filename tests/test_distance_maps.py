@@ -41,7 +41,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("method", ["scipy", "torch"])
+@pytest.mark.parametrize("method", ["edt", "scipy", "torch"])
 @pytest.mark.parametrize(("shape", "spacing"), CASES)
 def test_transform_matches_brute_force(method, shape, spacing):
     for seed in range(3):
@@ -63,7 +63,7 @@ def test_transform_handles_batches_of_volumes():
         np.testing.assert_allclose(result[index].numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["scipy", "torch"])
+@pytest.mark.parametrize("method", ["edt", "scipy", "torch"])
 def test_transform_of_empty_and_full_masks(method):
     empty = torch.zeros((1, 5, 6, 4), dtype=torch.bool)
     full = torch.ones((1, 5, 6, 4), dtype=torch.bool)

@@ -226,7 +226,7 @@ class SegmentationInputs:
         """``(B, *spatial)`` int64 class indices; ignored voxels carry 0 and are masked out."""
         if self._labels is not None:
             return self._labels
-        return self.target.argmax(dim=1)
+        return self.target.max(dim=1).indices
 
     @functools.cached_property
     def log_probs(self) -> Tensor:
