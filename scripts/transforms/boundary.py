@@ -185,7 +185,7 @@ class LabelBoundaryd(_LabelMapd):
 
 
 class LabelBoundaryDistanced(_LabelMapd):
-    """Write :func:`label_boundary_distance` of the label, ``(1, *spatial)`` in mm (default key ``boundary_distance``)."""
+    """Write :func:`label_boundary_distance` of the label, ``(1, *spatial)`` in mm (key ``boundary_distance``)."""
 
     def __init__(
         self, keys: KeysCollection = "label", output_key: str = "boundary_distance", allow_missing_keys: bool = False

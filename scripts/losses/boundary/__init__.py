@@ -1,3 +1,5 @@
-"""Boundary-level losses: distances between predicted and target boundaries."""
+"""Boundary-level losses: distances between predicted and target boundaries, and auxiliary boundary heads."""
 
-__all__: list[str] = []
+from .boundary_aware import BoundaryAwareLoss
+
+__all__ = ["BoundaryAwareLoss"]
