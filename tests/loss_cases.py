@@ -12,18 +12,25 @@ import torch
 from torch import Tensor
 
 from scripts.losses import build_loss, get_loss_spec
-from scripts.losses.boundary import boundary_aware
+from scripts.losses.boundary import active_boundary, boundary_aware
 
 # name -> factory(logits, index_target) -> dict of extra inputs for the loss's forward().
 EXTRA_INPUT_FACTORIES: dict[str, Callable[[Tensor, Tensor], dict[str, Tensor]]] = {
     # Target maps come from the labels. Network outputs are built so that swapping two classes swaps them too:
     # boundary_aware gets one-hot target bins plus class-independent noise.
+    "active_boundary": active_boundary.example_extra_inputs,
     "boundary_aware": boundary_aware.example_extra_inputs,
 }
 
 # Losses whose value is not a sum over independent voxels, so ignoring a slab of voxels is not the same as
 # cropping it away; each entry gives the reason, and the test only checks that the ignored voxels are left out.
 IGNORE_IS_NOT_A_CROP: dict[str, str] = {
+    "active_boundary": (
+        "the ground-truth distance map is a distance inside the whole label map: the test builds it from the "
+        "uncropped labels for the ignore case and from the cropped labels for the crop case, and near the cut the "
+        "two maps differ (the loss itself treats ignored voxels like voxels outside the patch; "
+        "test_active_boundary checks that with one map)"
+    ),
     "boundary_aware": (
         "the depth-bin targets are distances inside the whole label map, built from the uncropped labels for the "
         "ignore case and from the cropped ones for the crop case; near the cut they differ (test_boundary_aware "

@@ -1,5 +1,6 @@
 """Boundary-level losses: distances between predicted and target boundaries, and auxiliary boundary heads."""
 
+from .active_boundary import ActiveBoundaryLoss
 from .boundary_aware import BoundaryAwareLoss
 
-__all__ = ["BoundaryAwareLoss"]
+__all__ = ["ActiveBoundaryLoss", "BoundaryAwareLoss"]
