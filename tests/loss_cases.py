@@ -12,14 +12,15 @@ import torch
 from torch import Tensor
 
 from scripts.losses import build_loss, get_loss_spec
-from scripts.losses.boundary import active_boundary, boundary_aware
+from scripts.losses.boundary import active_boundary, boundary_aware, conditional_boundary
 
 # name -> factory(logits, index_target) -> dict of extra inputs for the loss's forward().
 EXTRA_INPUT_FACTORIES: dict[str, Callable[[Tensor, Tensor], dict[str, Tensor]]] = {
     # Target maps come from the labels. Network outputs are built so that swapping two classes swaps them too:
-    # boundary_aware gets one-hot target bins plus class-independent noise.
+    # boundary_aware gets one-hot target bins plus class-independent noise and conditional_boundary the logits as features with an identity classifier.
     "active_boundary": active_boundary.example_extra_inputs,
     "boundary_aware": boundary_aware.example_extra_inputs,
+    "conditional_boundary": conditional_boundary.example_extra_inputs,
 }
 
 # Losses whose value is not a sum over independent voxels, so ignoring a slab of voxels is not the same as

@@ -2,5 +2,6 @@
 
 from .active_boundary import ActiveBoundaryLoss
 from .boundary_aware import BoundaryAwareLoss
+from .conditional_boundary import ConditionalBoundaryLoss
 
-__all__ = ["ActiveBoundaryLoss", "BoundaryAwareLoss"]
+__all__ = ["ActiveBoundaryLoss", "BoundaryAwareLoss", "ConditionalBoundaryLoss"]
