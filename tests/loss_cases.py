@@ -6,21 +6,27 @@ in ``EXTRA_INPUT_FACTORIES`` that builds those inputs from the test's logits and
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from scripts.losses import build_loss, get_loss_spec
-from scripts.losses.boundary import active_boundary, boundary_aware, conditional_boundary
+from scripts.losses.boundary import active_boundary, boundary_aware, conditional_boundary, inverse_form
 
 # name -> factory(logits, index_target) -> dict of extra inputs for the loss's forward().
 EXTRA_INPUT_FACTORIES: dict[str, Callable[[Tensor, Tensor], dict[str, Tensor]]] = {
     # Target maps come from the labels. Network outputs are built so that swapping two classes swaps them too:
-    # boundary_aware gets one-hot target bins plus class-independent noise and conditional_boundary the logits as features with an identity classifier.
+    # boundary_aware gets one-hot target bins plus class-independent noise, conditional_boundary the logits as
+    # features with an identity classifier, and inverse_form a class-agnostic random boundary head.
     "active_boundary": active_boundary.example_extra_inputs,
     "boundary_aware": boundary_aware.example_extra_inputs,
     "conditional_boundary": conditional_boundary.example_extra_inputs,
+    "inverse_form": inverse_form.example_extra_inputs,
 }
 
 # Losses whose value is not a sum over independent voxels, so ignoring a slab of voxels is not the same as
@@ -37,10 +43,28 @@ IGNORE_IS_NOT_A_CROP: dict[str, str] = {
         "ignore case and from the cropped ones for the crop case; near the cut they differ (test_boundary_aware "
         "checks ignore == crop with one map)"
     ),
+    "inverse_form": (
+        "the InverseForm term feeds whole tiles to a network, and cropping shifts the content of the tiles at "
+        "the cut, so its value is not a sum over voxels"
+    ),
 }
 
+# A randomly initialised inverse network for the registry-wide tests: the repository has no trained one, and the
+# tests check the API contract, not the quality of the network.
+_INVERSE_FORM_DIRECTORY = Path(tempfile.mkdtemp(prefix="seglosses-tests-"))
+atexit.register(shutil.rmtree, _INVERSE_FORM_DIRECTORY, ignore_errors=True)
+with torch.random.fork_rng():
+    torch.manual_seed(0)
+    _TEST_NETWORK = inverse_form.InverseFormNet()
+INVERSE_FORM_TEST_CHECKPOINT = str(
+    inverse_form.save_inverse_form_net(_TEST_NETWORK, _INVERSE_FORM_DIRECTORY / "inverse_form_net.pt")
+)
+
 # Hyperparameters that the registry-wide tests use instead of a loss's defaults, with the reason.
-TEST_OVERRIDES: dict[str, dict] = {}
+TEST_OVERRIDES: dict[str, dict] = {
+    # No trained inverse network ships with the repository; see INVERSE_FORM_TEST_CHECKPOINT.
+    "inverse_form": {"checkpoint": INVERSE_FORM_TEST_CHECKPOINT},
+}
 
 
 def make_logits(shape: tuple[int, ...], seed: int = 0, scale: float = 2.0, dtype=torch.float32) -> Tensor:

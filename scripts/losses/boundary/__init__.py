@@ -3,5 +3,6 @@
 from .active_boundary import ActiveBoundaryLoss
 from .boundary_aware import BoundaryAwareLoss
 from .conditional_boundary import ConditionalBoundaryLoss
+from .inverse_form import InverseFormLoss, InverseFormNet
 
-__all__ = ["ActiveBoundaryLoss", "BoundaryAwareLoss", "ConditionalBoundaryLoss"]
+__all__ = ["ActiveBoundaryLoss", "BoundaryAwareLoss", "ConditionalBoundaryLoss", "InverseFormLoss", "InverseFormNet"]
