@@ -351,7 +351,12 @@ def _check_options(epochs, samples_per_epoch, batch_size, learning_rate, validat
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    fire.Fire({"train": train})
+    try:
+        fire.Fire({"train": train})
+    except ValueError as error:
+        # Invalid options and unreadable datasets: the message names the fix, so a traceback adds nothing.
+        logger.error("%s", error)
+        raise SystemExit(2) from error
 
 
 if __name__ == "__main__":

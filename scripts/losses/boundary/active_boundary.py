@@ -59,9 +59,9 @@ class ActiveBoundaryLoss(SegmentationLoss):
     ``None``). ``mean`` averages over samples; ``batch=True`` averages the ABL term over all qualifying voxels of
     the batch (the thresholds stay per sample).
 
-    3D adaptation: the neighbourhood is the full cube, 26 neighbours in 3D (8 in 2D, as in the paper), because it
-    is the 3D form of the paper's 3x3 window and lets the boundary move diagonally; the 6 face neighbours would
-    allow axis-aligned steps only. Distances, and so :math:`\theta`, are in the unit of the distance map (mm in the
+    3D adaptation: the neighbourhood is the full cube, 26 neighbours in 3D (8 in 2D, as in the official code's 3x3
+    window). It is the 3D form of that window and lets the boundary move diagonally, whereas the 6 face neighbours
+    would allow axis-aligned steps only. Distances, and so :math:`\theta`, are in the unit of the distance map (mm in the
     bundle).
 
     Differences from the official code (``wangchi95/active-boundary-loss``): the threshold budget is per sample
@@ -213,7 +213,7 @@ def _threshold_for_budget(values: Tensor, budget: int) -> float:
     """
     if values.numel() <= budget:
         return _INITIAL_THRESHOLD
-    cutoff = float(torch.kthvalue(values.double().cpu(), values.numel() - budget).values)
+    cutoff = float(torch.kthvalue(values.double(), values.numel() - budget).values)
     if cutoff <= _INITIAL_THRESHOLD:
         return _INITIAL_THRESHOLD
     steps = math.ceil(math.log(cutoff / _INITIAL_THRESHOLD) / math.log(_THRESHOLD_GROWTH))
