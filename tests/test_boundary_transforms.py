@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+
+from real_data import first_label_path
 
 from scripts.transforms.boundary import (
     DistanceBinsd,
@@ -19,8 +19,6 @@ from scripts.transforms.boundary import (
     label_boundary_distance,
     voxel_spacing,
 )
-
-REAL_LABEL = Path("/work/shared/data/msd_hippocampus/labels/hippocampus_001.nii.gz")
 
 # A 1 x 7 row with an object in the middle: the hand-derived example used below.
 ROW = torch.tensor([[0, 1, 1, 1, 1, 1, 0]])
@@ -167,9 +165,8 @@ def test_transform_needs_output_key():
         LabelBoundaryd(output_key="")
 
 
-@pytest.mark.skipif(not REAL_LABEL.is_file(), reason="the hippocampus dataset is not on this machine")
-def test_transforms_on_real_hippocampus_label():
-    image = nib.load(str(REAL_LABEL))
+def test_transforms_on_real_label(dataset_dir):
+    image = nib.load(str(first_label_path(dataset_dir)))
     label = MetaTensor(torch.from_numpy(np.asarray(image.dataobj).astype(np.float32))[None], affine=image.affine)
     data = {"label": label}
     data = LabelBoundaryd()(data)

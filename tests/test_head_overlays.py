@@ -19,11 +19,11 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from loss_cases import INVERSE_FORM_TEST_CHECKPOINT
+from real_data import first_label_path
 from scripts import BUNDLE_ROOT
 from scripts.losses.boundary.inverse_form import resolve_checkpoint
 
 OVERLAYS = Path(BUNDLE_ROOT) / "configs" / "losses"
-REAL_LABEL = Path("/work/shared/data/msd_hippocampus/labels/hippocampus_001.nii.gz")
 PATCH = (24, 32, 24)
 
 BASE_CONFIG = {
@@ -58,9 +58,9 @@ def parse(name: str, tmp_path: Path, **overrides) -> ConfigParser:
     return parser
 
 
-def real_label_patches() -> MetaTensor:
-    """Two foreground-centred patches of a real hippocampus label, as channel-first MetaTensors."""
-    image = nib.load(str(REAL_LABEL))
+def real_label_patches(dataset_dir: Path) -> list[MetaTensor]:
+    """Two foreground-centred patches of a real label, as channel-first MetaTensors."""
+    image = nib.load(str(first_label_path(dataset_dir)))
     labels = np.asarray(image.dataobj).astype(np.float32)
     centre = np.argwhere(labels > 0).mean(axis=0).round().astype(int)
     patches = []
@@ -71,14 +71,14 @@ def real_label_patches() -> MetaTensor:
     return patches
 
 
-def one_step(parser: ConfigParser) -> tuple[torch.Tensor, dict]:
+def one_step(parser: ConfigParser, dataset_dir: Path) -> tuple[torch.Tensor, dict]:
     loss = parser.get_parsed_content("loss")
     transforms = parser.get_parsed_content("loss_transforms")
     keys = parser.get_parsed_content("loss_input_keys")
     network = parser.get_parsed_content("train_network").train()
 
     samples = []
-    for label in real_label_patches():
+    for label in real_label_patches(dataset_dir):
         data = {"label": label}
         for transform in transforms:
             data = transform(data)
@@ -98,34 +98,31 @@ def one_step(parser: ConfigParser) -> tuple[torch.Tensor, dict]:
     return value, {"network": network, "output": output}
 
 
-pytestmark = pytest.mark.skipif(not REAL_LABEL.is_file(), reason="the hippocampus dataset is not on this machine")
-
-
-def test_boundary_aware_overlay_runs(tmp_path):
-    value, state = one_step(parse("boundary_aware", tmp_path))
+def test_boundary_aware_overlay_runs(dataset_dir, tmp_path):
+    value, state = one_step(parse("boundary_aware", tmp_path), dataset_dir)
 
     assert torch.isfinite(value)
     assert state["output"]["distance_bin_logits"].shape == (2, 18, *PATCH)
     assert all(p.grad is not None for p in state["network"].distance_bin_head.parameters())
 
 
-def test_active_boundary_overlay_runs(tmp_path):
-    value, _ = one_step(parse("active_boundary", tmp_path))
+def test_active_boundary_overlay_runs(dataset_dir, tmp_path):
+    value, _ = one_step(parse("active_boundary", tmp_path), dataset_dir)
 
     assert torch.isfinite(value)
 
 
-def test_conditional_boundary_overlay_runs(tmp_path):
-    value, state = one_step(parse("conditional_boundary", tmp_path))
+def test_conditional_boundary_overlay_runs(dataset_dir, tmp_path):
+    value, state = one_step(parse("conditional_boundary", tmp_path), dataset_dir)
 
     assert torch.isfinite(value)
     assert state["output"]["features"].shape == (2, 3, *PATCH)
 
 
-def test_inverse_form_overlay_runs(tmp_path):
+def test_inverse_form_overlay_runs(dataset_dir, tmp_path):
     parser = parse("inverse_form", tmp_path, **{"loss#checkpoint": INVERSE_FORM_TEST_CHECKPOINT})
 
-    value, state = one_step(parser)
+    value, state = one_step(parser, dataset_dir)
 
     assert torch.isfinite(value)
     assert all(p.grad is not None for p in state["network"].boundary_head.parameters())

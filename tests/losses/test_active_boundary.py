@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
 from loss_cases import blob_labels, make_logits, perfect_logits
+from real_data import first_label
 from scripts.losses import build_loss
 from scripts.losses import registry
 from scripts.losses.base import SegmentationInputs
 from scripts.losses.boundary.active_boundary import _threshold_for_budget, example_extra_inputs
 from scripts.transforms.boundary import label_boundary_distance
-
-REAL_LABEL = Path("/work/shared/data/msd_hippocampus/labels/hippocampus_001.nii.gz")
-
 
 def step_case():
     """A 1 x 6 image, labels 0 0 0 1 1 1, and logits whose class change sits one voxel too far right.
@@ -214,9 +209,8 @@ def test_active_boundary_gradient_reaches_centre_only():
     assert logits.grad[0, 0, 0, 4] > 0
 
 
-@pytest.mark.skipif(not REAL_LABEL.is_file(), reason="the hippocampus dataset is not on this machine")
-def test_active_boundary_on_real_label():
-    labels = torch.from_numpy(np.asarray(nib.load(str(REAL_LABEL)).dataobj).astype(np.int64))[None, None]
+def test_active_boundary_on_real_label(dataset_dir):
+    labels = first_label(dataset_dir)
     logits = perfect_logits(torch.roll(labels, 1, dims=2), 3, margin=3.0).requires_grad_()
     distance = label_boundary_distance(labels[:, 0]).unsqueeze(1)
 

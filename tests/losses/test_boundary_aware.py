@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
 from loss_cases import blob_labels, make_logits
+from real_data import first_label
 from scripts.losses import build_loss
 from scripts.losses.boundary.boundary_aware import example_extra_inputs
 from scripts.transforms.boundary import distance_bins
 
-REAL_LABEL = Path("/work/shared/data/msd_hippocampus/labels/hippocampus_001.nii.gz")
 LN2 = math.log(2.0)
 
 
@@ -186,9 +183,8 @@ def test_boundary_aware_binary_single_channel():
     assert logits.grad.abs().sum() > 0
 
 
-@pytest.mark.skipif(not REAL_LABEL.is_file(), reason="the hippocampus dataset is not on this machine")
-def test_boundary_aware_on_real_label():
-    labels = torch.from_numpy(np.asarray(nib.load(str(REAL_LABEL)).dataobj).astype(np.int64))[None, None]
+def test_boundary_aware_on_real_label(dataset_dir):
+    labels = first_label(dataset_dir)
     logits = make_logits((1, 3, *labels.shape[2:])).requires_grad_()
     bins = distance_bins(labels[0], num_classes=3).unsqueeze(0)
     head = torch.zeros(1, 18, *labels.shape[2:], requires_grad=True)

@@ -18,7 +18,6 @@ from scripts.losses.boundary.inverse_form import (
     save_inverse_form_net,
 )
 
-DATASET = Path("/work/shared/data/msd_hippocampus")
 
 
 def build(**options):
@@ -246,8 +245,7 @@ def test_inverse_net_rejects_bad_tile_size():
         InverseFormNet(tile_size=12)
 
 
-@pytest.mark.skipif(not (DATASET / "dataset.json").is_file(), reason="the hippocampus dataset is not on this machine")
-def test_training_command_writes_checkpoint_and_mlflow_run(tmp_path):
+def test_training_command_writes_checkpoint_and_mlflow_run(dataset_dir, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from scripts.inverse_form import train
@@ -256,7 +254,7 @@ def test_training_command_writes_checkpoint_and_mlflow_run(tmp_path):
     output = tmp_path / "models" / "inverse_form_net.pt"
 
     summary = train(
-        dataset_dir=str(DATASET),
+        dataset_dir=str(dataset_dir),
         output=str(output),
         epochs=2,
         samples_per_epoch=256,
@@ -302,7 +300,8 @@ def test_training_command_writes_checkpoint_and_mlflow_run(tmp_path):
 def test_training_command_invalid_options_raise(tmp_path, options, message):
     from scripts.inverse_form import train
 
-    arguments = {"dataset_dir": str(DATASET), "output": str(tmp_path / "net.pt"),
+    # The options are checked before the dataset is read, so an empty folder serves as dataset_dir.
+    arguments = {"dataset_dir": str(tmp_path), "output": str(tmp_path / "net.pt"),
                  "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", **options}
     with pytest.raises(ValueError, match=message):
         train(**arguments)
