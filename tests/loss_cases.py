@@ -6,12 +6,17 @@ in ``EXTRA_INPUT_FACTORIES`` that builds those inputs from the test's logits and
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from scripts.losses import build_loss
+from scripts.losses.boundary import active_boundary, boundary_aware, conditional_boundary, inverse_form
 from scripts.losses.extra_inputs import example_extra_inputs
 from scripts.transforms import class_distance_maps
 
@@ -23,8 +28,17 @@ def _maps_from_labels(name: str) -> Callable[[Tensor, Tensor], dict[str, Tensor]
 
 # name -> factory(logits, index_target) -> dict of extra inputs for the loss's forward().
 EXTRA_INPUT_FACTORIES: dict[str, Callable[[Tensor, Tensor], dict[str, Tensor]]] = {
-    name: _maps_from_labels(name)
-    for name in ("boundary", "distance_map_ce", "hausdorff", "region_wise", "weighted_sum")
+    **{
+        name: _maps_from_labels(name)
+        for name in ("boundary", "distance_map_ce", "hausdorff", "region_wise", "weighted_sum")
+    },
+    # Target maps come from the labels. Network outputs are built so that swapping two classes swaps them too:
+    # boundary_aware gets one-hot target bins plus class-independent noise, conditional_boundary the logits as
+    # features with an identity classifier, and inverse_form a class-agnostic random boundary head.
+    "active_boundary": active_boundary.example_extra_inputs,
+    "boundary_aware": boundary_aware.example_extra_inputs,
+    "conditional_boundary": conditional_boundary.example_extra_inputs,
+    "inverse_form": inverse_form.example_extra_inputs,
 }
 
 # The reason shared by the losses that read a ground-truth map from the pipeline.
@@ -41,7 +55,33 @@ IGNORE_IS_NOT_A_CROP: dict[str, str] = {
     "hausdorff": _MAP_OF_A_CROP + "; the prediction's map also treats ignored voxels as belonging to no class",
     "region_wise": _MAP_OF_A_CROP,
     "weighted_sum": "its test members include the boundary loss, which " + _MAP_OF_A_CROP,
+    "active_boundary": (
+        "the ground-truth distance map is a distance inside the whole label map: the test builds it from the "
+        "uncropped labels for the ignore case and from the cropped labels for the crop case, and near the cut the "
+        "two maps differ (the loss itself treats ignored voxels like voxels outside the patch; "
+        "test_active_boundary checks that with one map)"
+    ),
+    "boundary_aware": (
+        "the depth-bin targets are distances inside the whole label map, built from the uncropped labels for the "
+        "ignore case and from the cropped ones for the crop case; near the cut they differ (test_boundary_aware "
+        "checks ignore == crop with one map)"
+    ),
+    "inverse_form": (
+        "the InverseForm term feeds whole tiles to a network, and cropping shifts the content of the tiles at "
+        "the cut, so its value is not a sum over voxels"
+    ),
 }
+
+# A randomly initialised inverse network for the registry-wide tests: the repository has no trained one, and the
+# tests check the API contract, not the quality of the network.
+_INVERSE_FORM_DIRECTORY = Path(tempfile.mkdtemp(prefix="seglosses-tests-"))
+atexit.register(shutil.rmtree, _INVERSE_FORM_DIRECTORY, ignore_errors=True)
+with torch.random.fork_rng():
+    torch.manual_seed(0)
+    _TEST_NETWORK = inverse_form.InverseFormNet()
+INVERSE_FORM_TEST_CHECKPOINT = str(
+    inverse_form.save_inverse_form_net(_TEST_NETWORK, _INVERSE_FORM_DIRECTORY / "inverse_form_net.pt")
+)
 
 # Hyperparameters that the registry-wide tests use instead of a loss's defaults, with the reason.
 TEST_OVERRIDES: dict[str, dict] = {
@@ -53,6 +93,8 @@ TEST_OVERRIDES: dict[str, dict] = {
     "weighted_sum": {
         "losses": {"generalized_dice": {"weight": 1.0}, "boundary": {"weight": 0.5, "include_background": False}}
     },
+    # No trained inverse network ships with the repository; see INVERSE_FORM_TEST_CHECKPOINT.
+    "inverse_form": {"checkpoint": INVERSE_FORM_TEST_CHECKPOINT},
 }
 
 
