@@ -1,5 +1,7 @@
 """Pixel-level losses: each voxel is scored on its own class probability."""
 
 from .cross_entropy import CrossEntropyLoss
+from .focal import FocalLoss
+from .topk import TopKLoss
 
-__all__ = ["CrossEntropyLoss"]
+__all__ = ["CrossEntropyLoss", "FocalLoss", "TopKLoss"]
