@@ -1,5 +1,7 @@
 """Combination losses: weighted sums of pixel- and region-level terms."""
 
 from .combo import ComboLoss
+from .exp_log import ExpLogLoss
+from .unified_focal import UnifiedFocalLoss
 
-__all__ = ["ComboLoss"]
+__all__ = ["ComboLoss", "ExpLogLoss", "UnifiedFocalLoss"]
