@@ -241,6 +241,7 @@ def measure_peak_bytes(compute: Callable[[Tensor], Tensor], logits: Tensor) -> i
     """Return the peak bytes allocated by one forward and backward pass (see the module docstring)."""
     compute(logits.detach().requires_grad_()).backward()
     if logits.device.type == "cuda":
+        # NOTE: this branch and the CUDA timing have not yet been run on a GPU.
         torch.cuda.synchronize(logits.device)
         torch.cuda.reset_peak_memory_stats(logits.device)
         before = torch.cuda.memory_allocated(logits.device)
