@@ -43,8 +43,8 @@ class UnifiedFocalLoss(SegmentationLoss):
     (``tversky_index`` with ``alpha = 1 - delta`` on false positives and ``beta = delta`` on false negatives, and
     the bounded power of the focal Tversky loss).
 
-    Reduction over classes: the paper sums over the classes in both terms. The authors' code sums the focal term
-    over classes but averages the Tversky term, and MONAI 1.6.1's ``AsymmetricUnifiedFocalLoss`` averages both.
+    Reduction over classes: the authors' code sums the focal term over classes but averages the Tversky term,
+    and MONAI 1.6.1's ``AsymmetricUnifiedFocalLoss`` averages both.
     We average both, as MONAI, so the two terms keep the scale of their per-class parts whatever the number of
     classes, and the loss equals MONAI's at two classes (probabilities from a softmax or sigmoid, equal
     smoothing), the only case MONAI 1.6.1 supports. The authors' value is ``lambda * sum_c F_c + (1 - lambda) *
@@ -52,7 +52,7 @@ class UnifiedFocalLoss(SegmentationLoss):
 
     Choices: ``log p`` comes from the log-softmax (MONAI and the authors clamp ``p`` to ``[1e-7, 1 - 1e-7]``),
     and the power ``(1 - mTI)^(1 - gamma)`` is bounded at ``mTI = 1`` (a perfectly segmented class), where its
-    slope is unbounded. The surveys' symmetric variant (modulation of every class) is not implemented.
+    slope is unbounded. The symmetric variant of the authors' code (every class modulated) is not implemented.
     ``include_background=False`` drops the background terms ``F_0`` and ``T_0``, which removes the asymmetry's
     background half, and ``class_weights`` weigh the class average.
 

@@ -55,7 +55,7 @@ class FocalLoss(SegmentationLoss):
             background, or ``None`` for no alpha weighting. The paper's best setting is 0.25.
 
     Example:
-        >>> loss = FocalLoss(gamma=2.0, class_weights=[0.25, 1.0, 1.0])
+        >>> loss = FocalLoss(gamma=2.0, alpha=None, class_weights=[0.25, 1.0, 1.0])
         >>> loss(torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 1, 8, 8, 8)))
     """
 

@@ -101,9 +101,9 @@ class FocalTverskyLoss(TverskyLoss):
     gradient than under the Tversky loss, so training keeps working on the hard classes. ``gamma = 1`` gives the
     Tversky loss.
 
-    Abraham & Khan write alpha on the false negatives and beta on the false positives (0.7 and 0.3). With the
-    Tversky convention here (``alpha`` on false positives) the same setting is ``alpha=0.3, beta=0.7``, the
-    defaults.
+    Abraham & Khan's code weighs the false negatives by 0.7 and the false positives by 0.3 and smooths with 1.
+    With the Tversky convention here (``alpha`` on false positives) the same weights are ``alpha=0.3,
+    beta=0.7``, the defaults.
 
     Sum or mean over classes: the paper and the survey (Azad et al., eq. 15) sum over classes, most code averages.
     The default ``class_reduction="mean"`` keeps the scale independent of the number of classes, like every other
@@ -114,8 +114,6 @@ class FocalTverskyLoss(TverskyLoss):
     unbounded at ``x = 0``. A perfectly segmented class reaches that point, and so does a class absent from target
     and prediction (``TI = 1`` through the smoothing). The gradient would be inf or NaN there.
 
-    The paper trains the deep-supervision outputs with this loss and the last output with the plain Tversky loss,
-    to avoid over-suppression near convergence. That schedule belongs to the training setup, not the loss.
 
     Args:
         include_background: take class 0 into the average (or sum) too.
