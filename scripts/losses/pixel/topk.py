@@ -28,9 +28,8 @@ class TopKLoss(SegmentationLoss):
     the class weights. A soft target uses ``sum_c w_c t_c (-log p_c)`` as the voxel loss.
 
     This is the form of nnU-Net's ``TopKLoss`` (k = 10): per-voxel cross-entropy, the largest ``k`` percent, their
-    mean. The survey (Azad et al., eq. 3) sums over the selected voxels instead, a scale factor. Wu et al., whom
-    the survey cites, select hard pixels by a probability threshold with a minimum count, but the percentage is
-    the form in common use.
+    mean. The survey (Azad et al., eq. 3) sums over the selected voxels instead, a scale factor. It cites Wu et
+    al.'s online bootstrapping of hard pixels, and nnU-Net's percentage form is the one implemented here.
 
     3D adaptation and choices:
 
