@@ -2,5 +2,7 @@
 
 from .cross_entropy import CrossEntropyLoss
 from .distance_map_ce import DistanceMapCrossEntropyLoss
+from .focal import FocalLoss
+from .topk import TopKLoss
 
-__all__ = ["CrossEntropyLoss", "DistanceMapCrossEntropyLoss"]
+__all__ = ["CrossEntropyLoss", "DistanceMapCrossEntropyLoss", "FocalLoss", "TopKLoss"]

@@ -66,4 +66,11 @@ class DiceLoss(SegmentationLoss):
     def dice_coefficient(self, inputs: SegmentationInputs) -> Tensor:
         """Return the soft Dice coefficient of every class, shape ``(B, K)`` or ``(1, K)``."""
         intersection, prediction_sum, target_sum = inputs.class_sums(squared=self.squared_pred, batch=self.batch)
-        return (2.0 * intersection + self.smooth_nr) / (prediction_sum + target_sum + self.smooth_dr)
+        return soft_dice(intersection, prediction_sum, target_sum, self.smooth_nr, self.smooth_dr)
+
+
+def soft_dice(
+    intersection: Tensor, prediction_sum: Tensor, target_sum: Tensor, smooth_nr: float, smooth_dr: float
+) -> Tensor:
+    """Return the Dice coefficient ``(2 I + s_nr) / (P + T + s_dr)`` from the class sums of ``class_sums()``."""
+    return (2.0 * intersection + smooth_nr) / (prediction_sum + target_sum + smooth_dr)
