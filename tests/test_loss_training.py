@@ -33,10 +33,31 @@ def test_overlay_builds_its_loss(name):
     assert overlay.get("loss_name", overlay["loss"]["name"]) == name
 
 
+@pytest.fixture(scope="module")
+def inverse_form_network(dataset_dir, tmp_path_factory) -> str:
+    """An InverseForm inverse network trained briefly on real label boundaries, for its overlay."""
+    from scripts.inverse_form import train
+
+    folder = tmp_path_factory.mktemp("inverse_form")
+    summary = train(
+        str(dataset_dir),
+        output=str(folder / "inverse_form_net.pt"),
+        epochs=1,
+        samples_per_epoch=64,
+        batch_size=16,
+        validation_samples=16,
+        max_cases=4,
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+    )
+    return summary["checkpoint"]
+
+
 @pytest.mark.training
 @pytest.mark.parametrize("name", NAMES)
-def test_loss_trains_one_epoch(name, dataset_dir, tmp_path):
+def test_loss_trains_one_epoch(name, dataset_dir, tmp_path, request):
     output_dir = tmp_path / "outputs"
+    # The InverseForm overlay reads a trained inverse network, which users create once per dataset.
+    overrides = {"loss#checkpoint": request.getfixturevalue("inverse_form_network")} if name == "inverse_form" else {}
     run(
         config_file=[str(CONFIGS / "train.yaml"), str(CONFIGS / "losses" / f"{name}.yaml")],
         meta_file=str(Path(BUNDLE_ROOT) / "metadata.json"),
@@ -48,6 +69,7 @@ def test_loss_trains_one_epoch(name, dataset_dir, tmp_path):
         val_interval=1,
         max_cases=2,
         patch_size=[24, 32, 24],
+        **overrides,
     )
 
     client = MlflowClient(f"sqlite:///{output_dir / 'mlflow.db'}")
