@@ -81,8 +81,16 @@ class ComboLoss(SegmentationLoss):
     def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
         log_probs = inputs.log_probs
         target = inputs.target
-        voxel_bce = -(self.beta * target * log_probs + (1.0 - self.beta) * (1.0 - target) * log1mexp(log_probs))
-        class_bce = inputs.voxel_mean(voxel_bce, batch=self.batch)
+        log_complement = log1mexp(log_probs)
+        if inputs.mask is not None:
+            log_complement = log_complement * inputs.mask
+        dims = inputs.spatial_dims if not self.batch else (0, *inputs.spatial_dims)
+
+        # Class sums instead of a (B, K, *spatial) BCE tensor: sum t log p, sum log(1 - p) and sum t log(1 - p).
+        positive = (target * log_probs).sum(dim=dims)
+        negative = log_complement.sum(dim=dims) - (target * log_complement).sum(dim=dims)
+        voxels = inputs.voxel_count(batch=self.batch).unsqueeze(1)
+        class_bce = -(self.beta * positive + (1.0 - self.beta) * negative).reshape(voxels.shape[0], -1) / voxels
 
         intersection, prediction_sum, target_sum = inputs.class_sums(batch=self.batch)
         dice = (2.0 * intersection + self.smooth_nr) / (prediction_sum + target_sum + self.smooth_dr)
