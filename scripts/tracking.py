@@ -102,7 +102,9 @@ class MLflowTracker:
         class_names: names of the classes in label order, background first.
         params: further parameters, e.g. epochs, batch size, patch size, seed, fold.
         run_name: name of the new run; default ``<loss>-fold<fold>-seed<seed>``.
-        tags: further tags.
+        tags: further tags, e.g. a study's id and settings hash.
+        parent_run_id: id of an existing run to nest this run under (MLflow's ``mlflow.parentRunId`` tag), e.g. a
+            study's parent run; ``None`` creates a top-level run.
         checkpoint_path: the best checkpoint, logged as an artifact at the end.
         artifact_location: where a new experiment stores artifacts; default ``mlartifacts`` beside a SQLite
             database, the server's default otherwise.
@@ -122,6 +124,7 @@ class MLflowTracker:
         params: Mapping[str, Any] | None = None,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
         checkpoint_path: str | Path | None = None,
         artifact_location: str | None = None,
     ) -> None:
@@ -136,6 +139,7 @@ class MLflowTracker:
         self.class_names = list(class_names)
         self.params = dict(params or {})
         self.tags = dict(tags or {})
+        self.parent_run_id = parent_run_id
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
         self.run_name = run_name or self._default_run_name()
@@ -174,6 +178,8 @@ class MLflowTracker:
         for key in ("fold", "seed"):
             if key in self.params:
                 tags[key] = str(self.params[key])
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
         run = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
         logger.info(
