@@ -204,6 +204,7 @@ def test_failing_runs_are_recorded_and_study_finishes(dataset_dir, tmp_path):
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert children["bad_weights-fold0-seed0"].data.tags["error"].startswith("ValueError: class_weights has 1 entries")
     assert "no hyperparameter 'no_such_option'" in children["bad_option-fold0-seed0"].data.tags["error"]
+    assert children["bad_option-fold0-seed0"].data.tags["loss"] == "dice"
     assert children["bad_option-fold0-seed0"].data.tags["loss_family"] == "region"
     assert parent.info.status == "FINISHED"
     assert "0 runs finished, 2 failed" in result.stdout

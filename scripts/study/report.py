@@ -158,7 +158,7 @@ def _markdown(results: StudyResults, summaries: Mapping[str, Mapping[str, Metric
     settings = results.settings
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = len(settings.grid())
-    trained_at = ", ".join(f"`{commit}`" for commit in sorted(results.commits)) or "no finished run yet"
+    trained_at = ", ".join(f"`{_short(commit)}`" for commit in sorted(results.commits)) or "no finished run yet"
     lines = [
         f"# Loss comparison on {settings.dataset_name}",
         "",
@@ -167,7 +167,7 @@ def _markdown(results: StudyResults, summaries: Mapping[str, Mapping[str, Metric
         "## Setup",
         "",
         f"- Command: `{command}`",
-        f"- Date: {now}. Report written at git commit `{git_commit()}`; runs trained at {trained_at}.",
+        f"- Date: {now}. Report written at git commit `{_short(git_commit())}`; runs trained at {trained_at}.",
         f"- Hardware: {'; '.join(sorted(results.hardware)) or 'no finished run'}. Report host: {platform.node()}.",
         f"- Study `{settings.study_name}`, preset `{settings.preset}` ({PRESETS[settings.preset].description}); "
         "options on the command line replace the preset's values, and the lines below give the values used.",
@@ -291,6 +291,11 @@ def _per_class_table(results: StudyResults, losses: Sequence[str]) -> list[str]:
                 cells.append(FORMATS[metric].format(np.mean(values)) if values else "-")
         lines.append(f"| `{loss}` | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _short(commit: str) -> str:
+    """Shorten a commit hash to 12 digits, keeping a ``-dirty`` suffix."""
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def count(number: int, noun: str) -> str:

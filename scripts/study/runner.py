@@ -102,12 +102,12 @@ class StudyRunner:
         recorded: dict[str, list] = {}
         for run in self.store.children():
             recorded.setdefault(run.data.tags.get(KEY, ""), []).append(run)
-        todo = sum(
-            self.store.classify(recorded.get(keys[spec], []), self.retry_failed).state == "todo" for spec in specs
-        )
+        # The runs expected to need work, for the ETA; each run is checked again just before its turn.
+        planned = {spec for spec in specs
+                   if self.store.classify(recorded.get(keys[spec], []), self.retry_failed).state == "todo"}
         logger.info(
             "Study %r, shard %d/%d: %d of %d runs of the grid, %d of them to run.",
-            self.settings.study_name, *self.shard, len(specs), len(self.settings.grid()), todo,
+            self.settings.study_name, *self.shard, len(specs), len(self.settings.grid()), len(planned),
         )
 
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -123,11 +123,11 @@ class StudyRunner:
                 if state.state == "todo":
                     result = self._execute(spec, keys[spec], parent_id)
                     durations.append(result.seconds)
-                    todo -= 1
                 else:
                     result = _skipped(spec, state)
+                planned.discard(spec)
                 results.append(result)
-                logger.info("%s", _progress_line(position, len(specs), result, started, durations, todo))
+                logger.info("%s", _progress_line(position, len(specs), result, started, durations, len(planned)))
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
         return results
@@ -167,9 +167,14 @@ class StudyRunner:
         try:
             code, run_id = self._run_workflow(train_args, run_dir, "train", attempt=attempt)
             train_seconds = time.monotonic() - started
+            train_log = run_dir / "train.log"
             if code != 0:
-                return self._record_failure(spec, run_id, tags, parent_id, run_dir / "train.log", code, "training",
-                                            time.monotonic() - started)
+                error = error_message(train_log, code, "training")
+                return self._record_failure(spec, run_id, tags, parent_id, train_log, error, train_seconds)
+            if run_id is None:
+                # Only possible when an override took the tracker out of the training handlers.
+                error = "training finished without creating an MLflow run; keep the tracker in train_handlers"
+                return self._record_failure(spec, None, tags, parent_id, train_log, error, train_seconds)
 
             eval_args = {
                 **common,
@@ -180,8 +185,9 @@ class StudyRunner:
             }
             code, _ = self._run_workflow(eval_args, run_dir, "evaluate", run_id=run_id)
             if code != 0:
-                return self._record_failure(spec, run_id, tags, parent_id, run_dir / "evaluate.log", code,
-                                            "evaluation", time.monotonic() - started)
+                error = error_message(run_dir / "evaluate.log", code, "evaluation")
+                return self._record_failure(spec, run_id, tags, parent_id, run_dir / "evaluate.log", error,
+                                            time.monotonic() - started, keep_recorded_error=False)
         except KeyboardInterrupt:
             run_id = run_id or self.store.run_for_attempt(attempt)
             if run_id is not None:
@@ -264,20 +270,20 @@ class StudyRunner:
         tags: dict[str, str],
         parent_id: str,
         log_path: Path,
-        code: int,
-        stage: str,
+        error: str,
         seconds: float,
+        keep_recorded_error: bool = True,
     ) -> RunResult:
-        error = error_message(log_path, code, stage)
+        """Record a failed run with ``error``, or with the tracker's own ``error`` tag if ``keep_recorded_error``."""
         if run_id is None:
             # The workflow failed before its tracker made a run (e.g. an invalid overlay): record one here.
-            family = self.settings.loss_family(spec.loss)
-            tags = {**tags, "mlflow.parentRunId": parent_id, "loss_family": family, "fold": str(spec.fold),
+            tags = {**tags, "mlflow.parentRunId": parent_id, "loss": self.settings.registered_loss(spec.loss),
+                    "loss_family": self.settings.loss_family(spec.loss), "fold": str(spec.fold),
                     "seed": str(spec.seed)}
             run_id = self.store.create_failed_child(spec.name, tags, error)
         else:
             recorded = self.store.client.get_run(run_id).data.tags.get("error")
-            self.store.mark_outcome(run_id, "failed", None if recorded and stage == "training" else error)
+            self.store.mark_outcome(run_id, "failed", None if recorded and keep_recorded_error else error)
         self.store.client.log_artifact(run_id, str(log_path), artifact_path="study")
         logger.error("Run %s failed (%s); the study goes on. Log: %s", spec.name, error, log_path)
         return RunResult(spec, "failed", run_id, seconds, error)

@@ -240,9 +240,13 @@ class StudySettings:
         text = json.dumps(content, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def registered_loss(self, loss: str) -> str:
+        """Return the registered name of the loss that the overlay ``loss`` builds."""
+        return _overlay_loss_name(self.overlay_path(loss))
+
     def loss_family(self, loss: str) -> str:
         """Return the family of the registered loss that the overlay ``loss`` builds."""
-        return get_loss_spec(_overlay_loss_name(self.overlay_path(loss))).family
+        return get_loss_spec(self.registered_loss(loss)).family
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
