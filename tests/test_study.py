@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -179,6 +180,62 @@ def test_rerun_does_no_work(finished):
     assert log.stat().st_mtime == modified
     assert second.stderr.count("skipped: finished earlier with the same settings") == 2
     assert "0 runs finished, 0 failed, 2 had a result already" in second.stdout
+
+
+def test_report_command_rewrites_report(finished, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.study", "report", "--study_name", "tiny", "--output_dir",
+         str(finished["output_dir"]), "--report_dir", str(tmp_path / "again")],
+        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    text = (tmp_path / "again" / "results.md").read_text()
+    with (tmp_path / "again" / "results" / "cases.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "report rewritten by `python -m scripts.study report --study_name tiny`" in text
+    assert "python -m scripts.study run --preset quick --losses cross_entropy,dice" in text
+    assert len(rows) == 12
+
+
+def processes_with(text: str) -> list[int]:
+    """Return the ids of the processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the training process")
+def test_sigterm_stops_training_and_marks_run(dataset_dir, tmp_path):
+    output_dir = tmp_path / "study"
+    train_log = output_dir / "runs" / "dice-fold0-seed0" / "train.log"
+    arguments = ["--losses", "dice", "--max_epochs", "500", "--val_interval", "100", "--max_cases", "2",
+                 "--overrides", json.dumps({"patch_size": [24, 32, 24]}), "--study_name", "stopped",
+                 "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir)]
+    with (tmp_path / "study.log").open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "scripts.study", "run", *arguments], cwd=BUNDLE_ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while not (train_log.is_file() and "MLflow run" in train_log.read_text(errors="replace")):
+            assert process.poll() is None, (tmp_path / "study.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the training did not start within 10 minutes"
+            time.sleep(1)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=300)
+    (child,) = study_runs(output_dir, "child")
+    (parent,) = study_runs(output_dir, "parent")
+
+    assert code == 130
+    assert "the study was interrupted" in (tmp_path / "study.log").read_text()
+    assert child.info.status == "KILLED"
+    assert child.data.tags[OUTCOME] == "interrupted"
+    assert parent.info.status == "KILLED"
+    assert processes_with(str(train_log.parent / "train_args.json")) == []
 
 
 def test_failing_runs_are_recorded_and_study_finishes(dataset_dir, tmp_path):

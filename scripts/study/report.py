@@ -107,8 +107,12 @@ def _case_records(spec: RunSpec, family: str, run_id: str, tracking_uri: str, fo
     return records
 
 
-def write_report(results: StudyResults, report_dir: str | Path, command: str) -> list[Path]:
-    """Write ``results.md`` and ``results/`` (per-case CSV, summary CSV, plots) to ``report_dir``; return the paths."""
+def write_report(results: StudyResults, report_dir: str | Path, command: str, rewritten_by: str | None = None
+                 ) -> list[Path]:
+    """Write ``results.md`` and ``results/`` (per-case CSV, summary CSV, plots) to ``report_dir``; return the paths.
+
+    ``command`` is the study's last ``run`` command; ``rewritten_by`` the ``report`` command, when that wrote it.
+    """
     settings = results.settings
     report_dir = Path(report_dir)
     files_dir = report_dir / "results"
@@ -145,7 +149,7 @@ def write_report(results: StudyResults, report_dir: str | Path, command: str) ->
                              "Validation mean Dice during training (mean over runs)"))
 
     markdown = report_dir / "results.md"
-    markdown.write_text(_markdown(results, summaries, losses, families, command), encoding="utf-8")
+    markdown.write_text(_markdown(results, summaries, losses, families, command, rewritten_by), encoding="utf-8")
     logger.info("Report written to %s.", markdown)
     return [markdown, cases_path, summary_path, *plots]
 
@@ -154,7 +158,7 @@ def write_report(results: StudyResults, report_dir: str | Path, command: str) ->
 
 
 def _markdown(results: StudyResults, summaries: Mapping[str, Mapping[str, MetricSummary]], losses: Sequence[str],
-              families: Mapping[str, str], command: str) -> str:
+              families: Mapping[str, str], command: str, rewritten_by: str | None) -> str:
     settings = results.settings
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = len(settings.grid())
@@ -166,7 +170,7 @@ def _markdown(results: StudyResults, summaries: Mapping[str, Mapping[str, Metric
         "",
         "## Setup",
         "",
-        f"- Command: `{command}`",
+        f"- Command: `{command}`" + (f"; report rewritten by `{rewritten_by}`." if rewritten_by else ""),
         f"- Date: {now}. Report written at git commit `{_short(git_commit())}`; runs trained at {trained_at}.",
         f"- Hardware: {'; '.join(sorted(results.hardware)) or 'no finished run'}. Report host: {platform.node()}.",
         f"- Study `{settings.study_name}`, preset `{settings.preset}` ({PRESETS[settings.preset].description}); "

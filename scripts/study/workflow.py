@@ -96,6 +96,8 @@ def run(
                        "study.folds": _join(settings.folds), "study.max_epochs": settings.max_epochs,
                        "study.dataset": settings.dataset_name}.items():
         client.set_tag(parent_id, key, str(value))
+    command = _command(settings, dataset_dir, output_dir, tracking_uri, shard, retry_failed)
+    client.set_tag(parent_id, "study.command", command)
     settings_path = output / "settings.json"
     settings_path.parent.mkdir(parents=True, exist_ok=True)
     settings_path.write_text(settings.to_json(), encoding="utf-8")
@@ -110,7 +112,6 @@ def run(
         client.set_terminated(parent_id, status=RunStatus.to_string(RunStatus.KILLED))
         raise
 
-    command = _command(settings, dataset_dir, output_dir, tracking_uri, shard, retry_failed)
     report = _report(settings, store, parent_id, Path(report_dir) if report_dir else output / "report", command)
     client.set_terminated(parent_id, status=RunStatus.to_string(RunStatus.FINISHED))
     counts = {outcome: sum(result.outcome == outcome for result in results)
@@ -148,9 +149,10 @@ def report(
         )
     path = store.client.download_artifacts(parent.info.run_id, SETTINGS_ARTIFACT, str(output))
     settings = StudySettings.from_json(Path(path).read_text(encoding="utf-8"))
-    command = f"python -m scripts.study report --study_name {shlex.quote(study_name)}"
+    command = parent.data.tags.get("study.command", "unknown")
+    rewritten_by = f"python -m scripts.study report --study_name {shlex.quote(study_name)}"
     return str(_report(settings, store, parent.info.run_id, Path(report_dir) if report_dir else output / "report",
-                       command))
+                       command, rewritten_by))
 
 
 def open_store(tracking_uri: str, experiment_name: str, study_name: str) -> StudyStore:
@@ -165,9 +167,10 @@ def open_store(tracking_uri: str, experiment_name: str, study_name: str) -> Stud
         ) from error
 
 
-def _report(settings: StudySettings, store: StudyStore, parent_id: str, report_dir: Path, command: str) -> Path:
+def _report(settings: StudySettings, store: StudyStore, parent_id: str, report_dir: Path, command: str,
+            rewritten_by: str | None = None) -> Path:
     results = collect(settings, store)
-    paths = write_report(results, report_dir, command)
+    paths = write_report(results, report_dir, command, rewritten_by)
     for path in paths:
         artifact_path = "report" if path.parent == report_dir else "report/results"
         store.client.log_artifact(parent_id, str(path), artifact_path=artifact_path)
