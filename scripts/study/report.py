@@ -143,7 +143,7 @@ def write_report(results: StudyResults, report_dir: str | Path, command: str, re
     for metric, label in (("dice", "Dice"), ("hd95", "HD95 (mm)")):
         per_loss = _case_class_means(results.records, metric, losses)
         plots.append(plot_boxes(per_loss, families, files_dir / f"{metric}_boxplot.png", label,
-                                f"{label} per case (mean over classes and seeds), by family"))
+                                f"{label} per case and seed (mean over classes), by family"))
     curves = {loss: _mean_curve(results.curves.get(loss, [])) for loss in losses}
     plots.append(plot_curves(curves, families, files_dir / "validation_curves.png",
                              "Validation mean Dice during training (mean over runs)"))
