@@ -25,6 +25,7 @@ import torch
 import yaml
 from ignite.engine import Engine, Events
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import BUNDLE_ROOT
@@ -329,7 +330,13 @@ def experiment_id(client: MlflowClient, name: str, artifact_location: str | None
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as error:
+        # Another process (a parallel shard of a study) created it since the lookup.
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
