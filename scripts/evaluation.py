@@ -50,6 +50,10 @@ class CaseMetricsWriter:
         experiment_name: MLflow experiment.
         run_name: name of the evaluation run.
         params: parameters of the evaluation run (checkpoint, dataset, ...).
+        run_id: an existing run to log into instead of a new one, e.g. the training run of the checkpoint. Its
+            status stays as it is, and the files go under ``evaluation/``. The parameters get the prefix
+            ``eval.`` because MLflow forbids changing a logged parameter and the training run has its own
+            ``fold`` and ``seed``.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class CaseMetricsWriter:
         experiment_name: str = "seglosses",
         run_name: str = "evaluate",
         params: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.foreground = list(class_names)[1:]
@@ -69,6 +74,7 @@ class CaseMetricsWriter:
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.params = dict(params or {})
+        self.run_id = run_id
         self.case_ids: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -132,26 +138,33 @@ class CaseMetricsWriter:
 
     def _log_to_mlflow(self, summary: Mapping[str, Any], files: Sequence[Path]) -> None:
         client = MlflowClient(tracking_uri=self.tracking_uri)
-        experiment = experiment_id(client, self.experiment_name, default_artifact_location(self.tracking_uri))
-        run = client.create_run(
-            experiment,
-            run_name=self.run_name,
-            tags={"evaluation": "true", "mlflow.source.git.commit": git_commit(), **{
-                key: str(value) for key, value in self.params.items() if key in ("loss", "fold", "seed")
-            }},
-        )
-        log_params(client, run.info.run_id, {**self.params, "num_cases": len(self.case_ids)})
+        params = {**self.params, "num_cases": len(self.case_ids)}
+        if self.run_id:
+            run_id, artifact_path = self.run_id, "evaluation"
+            params = {f"eval.{key}": value for key, value in params.items()}
+        else:
+            experiment = experiment_id(client, self.experiment_name, default_artifact_location(self.tracking_uri))
+            run = client.create_run(
+                experiment,
+                run_name=self.run_name,
+                tags={"evaluation": "true", "mlflow.source.git.commit": git_commit(), **{
+                    key: str(value) for key, value in self.params.items() if key in ("loss", "fold", "seed")
+                }},
+            )
+            run_id, artifact_path = run.info.run_id, None
+        log_params(client, run_id, params)
         timestamp = int(time.time() * 1000)
         metrics = []
         for prefix, per_class in summary.items():
             for name, values in per_class.items():
                 if math.isfinite(values["mean"]):
                     metrics.append(Metric(f"eval_{prefix}.{name}", values["mean"], timestamp, 0))
-        client.log_batch(run.info.run_id, metrics=metrics)
+        client.log_batch(run_id, metrics=metrics)
         for path in files:
-            client.log_artifact(run.info.run_id, str(path))
-        client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.FINISHED))
-        logger.info("Evaluation logged to MLflow run %s (%s).", self.run_name, run.info.run_id)
+            client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+        if not self.run_id:
+            client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+        logger.info("Evaluation logged to MLflow run %s.", run_id)
 
 
 def summarise(table: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:

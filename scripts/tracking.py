@@ -25,6 +25,7 @@ import torch
 import yaml
 from ignite.engine import Engine, Events
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import BUNDLE_ROOT
@@ -105,7 +106,9 @@ class MLflowTracker:
             default the registry name of ``loss``. An overlay that trains a registered loss inside a combination
             (the boundary loss inside a weighted sum with a schedule) sets it to that loss's name.
         run_name: name of the new run; default ``<loss_name>-fold<fold>-seed<seed>``.
-        tags: further tags.
+        tags: further tags, e.g. a study's id and settings hash.
+        parent_run_id: id of an existing run to nest this run under (MLflow's ``mlflow.parentRunId`` tag), e.g. a
+            study's parent run; ``None`` creates a top-level run.
         checkpoint_path: the best checkpoint, logged as an artifact at the end.
         artifact_location: where a new experiment stores artifacts; default ``mlartifacts`` beside a SQLite
             database, the server's default otherwise.
@@ -126,6 +129,7 @@ class MLflowTracker:
         loss_name: str | None = None,
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
         checkpoint_path: str | Path | None = None,
         artifact_location: str | None = None,
     ) -> None:
@@ -141,6 +145,7 @@ class MLflowTracker:
         self.params = dict(params or {})
         self.loss_name = loss_name or getattr(loss, "registry_name", type(loss).__name__)
         self.tags = dict(tags or {})
+        self.parent_run_id = parent_run_id
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
         self.run_name = run_name or self._default_run_name()
@@ -189,6 +194,8 @@ class MLflowTracker:
         for key in ("fold", "seed"):
             if key in self.params:
                 tags[key] = str(self.params[key])
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
         run = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
         logger.info(
@@ -338,7 +345,13 @@ def experiment_id(client: MlflowClient, name: str, artifact_location: str | None
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as error:
+        # Another process (a parallel shard of a study) created it since the lookup.
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:

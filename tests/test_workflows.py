@@ -154,7 +154,8 @@ def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
     split = json.loads((trained / "split.json").read_text())
 
     assert [row["case_id"] for row in rows] == [case["case_id"] for case in split["validation"]]
-    assert set(rows[0]) == {"case_id", "dice.Anterior", "dice.Posterior", "hd95.Anterior", "hd95.Posterior"}
+    assert set(rows[0]) == {"case_id"} | {f"{metric}.{name}" for metric in (
+        "dice", "hd95", "surface_dice", "assd", "empty_prediction") for name in ("Anterior", "Posterior")}
     assert 0.0 <= summary["dice"]["mean"]["mean"] <= 1.0
     client, found = runs(trained)
     evaluation = [run for run in found if run.data.tags.get("evaluation") == "true"]
