@@ -185,6 +185,7 @@ class MLflowTracker:
         config = running_config()
         if config is not None:
             self._log_yaml_artifact(config, "config.yaml")
+        self._log_skipped_cases()
 
     def log_epoch(self, engine: Engine) -> None:
         epoch = engine.state.epoch
@@ -301,6 +302,14 @@ class MLflowTracker:
         path = self.output_dir / "learning_curves.png"
         plot_learning_curves(self.history, path, title=self.run_name)
         self.client.log_artifact(self.run_id, str(path))
+
+    def _log_skipped_cases(self) -> None:
+        skipped = self.split.get("skipped") or []
+        problems = self.split.get("data_problems") or []
+        if not problems:
+            return
+        self._log_params({"skipped_cases": [case["case_id"] for case in skipped], "num_skipped_cases": len(skipped)})
+        self._log_json_artifact({"skipped": skipped, "problems": problems}, "data_problems.json")
 
     def _default_run_name(self) -> str:
         name = getattr(self.loss, "registry_name", type(self.loss).__name__)
