@@ -14,7 +14,7 @@ from types import ModuleType
 BUNDLE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 _SUBMODULES = ("cli", "data", "distance_maps", "engine", "evaluation", "losses", "metrics", "plots", "tracking",
-               "transforms")
+               "tracking_buffer", "transforms")
 
 
 def __getattr__(name: str) -> ModuleType:
