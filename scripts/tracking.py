@@ -6,9 +6,10 @@ run's metrics. This tracker always creates a new run (its name says loss, fold a
 validation metrics from MONAI's per-case metric details, records the loss's own trainable parameters and weights,
 and marks the run failed with the error when training raises.
 
-It also survives tracking outages: :func:`connect` checks the tracking server before training (falling back to the
-local SQLite store when asked), and calls made while the server is away are kept and sent later
-(:mod:`scripts.tracking_buffer`).
+It also survives the failures of long trainings: :func:`connect` checks the tracking server before training
+(falling back to the local SQLite store when asked), calls made while the server is away are kept and sent later
+(:mod:`scripts.tracking_buffer`), and a training resumed from its checkpoint continues its MLflow run without
+logging an epoch twice.
 """
 
 from __future__ import annotations
@@ -203,6 +204,8 @@ class MLflowTracker:
         self.client = BufferedClient(tracking_uri, self.output_dir / UNSENT_FILE, retry_interval, self.mlflow_client)
         self.run_id: str | None = None
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self._resume: dict[str, Any] | None = None
+        self._logged_steps: set[tuple[str, int]] = set()
         self._epoch_losses: list[float] = []
         self._epoch_learning_rate = float("nan")
         self._trainer: Engine | None = None
@@ -222,6 +225,10 @@ class MLflowTracker:
     # Event handlers.
 
     def start(self, engine: Engine) -> None:
+        if self._resume is not None:
+            self._continue_run()
+            return
+
         experiment_id = self._experiment_id()
         commit = git_commit()
         tags = {
@@ -296,6 +303,35 @@ class MLflowTracker:
             logger.error("MLflow run %s marked failed: %s", self.run_id, message)
         raise error
 
+    # Resuming.
+
+    def resume_state(self) -> dict[str, Any]:
+        """Return what a resumed training needs to continue this run: its id, store and logged history."""
+        return {
+            "run_id": self.run_id,
+            "tracking_uri": self.tracking_uri,
+            "history": {key: [[step, value] for step, value in values] for key, values in self.history.items()},
+        }
+
+    def resume_from(self, state: Mapping[str, Any], epoch: int) -> None:
+        """Continue the run in ``state`` (from :meth:`resume_state`) when training starts, after ``epoch``.
+
+        Raises:
+            ValueError: when the run is in another tracking store than this training logs into.
+        """
+        if state.get("tracking_uri") != self.tracking_uri:
+            raise ValueError(
+                f"the checkpoint continues MLflow run {state.get('run_id')} in {state.get('tracking_uri')}, but this "
+                f"training logs into {self.tracking_uri}. Resume with --tracking_uri {state.get('tracking_uri')} "
+                "(start that server if it is down), or pass --resume never to start a new run."
+            )
+        self._resume = {"run_id": state["run_id"], "epoch": int(epoch)}
+        # The curves keep only the epochs up to the checkpoint; the epochs after it are trained and logged again.
+        self.history = {
+            key: [(int(step), float(value)) for step, value in values if step <= epoch]
+            for key, values in state.get("history", {}).items()
+        }
+
     # Helpers.
 
     def _record_learning_rate(self, engine: Engine) -> None:
@@ -344,7 +380,8 @@ class MLflowTracker:
         entries = []
         for key, value in metrics.items():
             self.history.setdefault(key, []).append((step, value))
-            if math.isfinite(value):
+            # A resumed training repeats the epochs after its checkpoint; those the killed process logged stay.
+            if math.isfinite(value) and (key, step) not in self._logged_steps:
                 entries.append(Metric(key, value, timestamp, step))
         if entries:
             self.client.log_batch(self.run_id, metrics=entries)
@@ -382,6 +419,30 @@ class MLflowTracker:
                 "Start the server and rerun the same command, or pass --tracking_fallback true to log into the "
                 "local store output_dir/mlflow.db."
             ) from error
+
+    def _continue_run(self) -> None:
+        run_id, epoch = self._resume["run_id"], self._resume["epoch"]
+        try:
+            run = self.mlflow_client.get_run(run_id)
+        except Exception as error:  # noqa: BLE001 - sorted by is_outage; any other error is re-raised
+            if not is_outage(error):
+                raise ValueError(
+                    f"MLflow run {run_id} of the checkpoint is not in {self.tracking_uri} ({error}); pass the "
+                    "--tracking_uri it was logged to, or --resume never to start a new run."
+                ) from error
+            raise
+        self.run_id = run_id
+        # Calls the killed process kept during an outage go first, so the steps below include them.
+        self.client.flush()
+        for key in run.data.metrics:
+            for metric in self.mlflow_client.get_metric_history(run_id, key):
+                self._logged_steps.add((key, metric.step))
+        if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
+            self.mlflow_client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        self.client.set_tag(run_id, "resumed_after_epoch", str(epoch))
+        logger.info(
+            "MLflow run %s (%s) continues after epoch %d in %s.", self.run_name, run_id, epoch, self.tracking_uri
+        )
 
     def _log_skipped_cases(self) -> None:
         skipped = self.split.get("skipped") or []
