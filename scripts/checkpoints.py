@@ -129,6 +129,9 @@ class TrainingCheckpoint:
 
     Attach it to the trainer after the MLflow tracker (the config lists it after ``@tracker``).
 
+    NOTE: handlers keep no state in the checkpoint. One that keeps its own counters (an ``extra_train_handlers``
+    entry of a loss overlay, say) resumes correctly only if it derives them from ``engine.state.epoch``.
+
     Args:
         path: the checkpoint file, e.g. ``models/checkpoint.pt``.
         network, optimizer: the trained network and its optimizer.
@@ -174,12 +177,10 @@ class TrainingCheckpoint:
         self.interval = int(interval)
         self.resumed_epoch: int | None = None
         self.last_saved_epoch: int | None = None
-        self._trainer: Engine | None = None
 
     def attach(self, trainer: Engine) -> None:
         """Restore the checkpoint when resuming, and register the writes on the trainer."""
-        self._trainer = trainer
-        checkpoint = self._checkpoint_to_resume(trainer)
+        checkpoint = self._checkpoint_to_resume()
         if checkpoint is not None:
             self._restore(trainer, checkpoint)
         trainer.add_event_handler(Events.STARTED, self._register_saving)
@@ -222,7 +223,7 @@ class TrainingCheckpoint:
 
     # Resuming.
 
-    def _checkpoint_to_resume(self, trainer: Engine) -> dict[str, Any] | None:
+    def _checkpoint_to_resume(self) -> dict[str, Any] | None:
         exists = self.path.is_file()
         if self.resume == "never":
             if exists:
@@ -237,6 +238,11 @@ class TrainingCheckpoint:
             return None
 
         checkpoint = load_checkpoint(self.path)
+        if checkpoint.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(
+                f"{self.path} has checkpoint format version {checkpoint.get('version')!r}, but this bundle reads "
+                f"version {CHECKPOINT_VERSION}; pass --resume never to start a new training, or another --ckpt_dir."
+            )
         differences = _differences(json.loads(checkpoint.get("settings", "{}")), self.settings)
         if checkpoint.get("finished") and self.resume == "auto":
             logger.info("%s contains a finished training; starting a new training that overwrites it.", self.path)

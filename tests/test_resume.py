@@ -267,3 +267,14 @@ def test_random_states_restore_augmentation_stream(dataset_dir):
     assert np.array_equal(first[2], second[2])
     assert first[3] == second[3]
     assert len(states["transforms"]) >= 6
+
+
+def test_checkpoint_of_other_format_version_is_rejected(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    tiny_training(path, {}, stop_after=1)
+    content = torch.load(path, weights_only=True)
+    content["version"] = 99
+    torch.save(content, path)
+
+    with pytest.raises(ValueError, match=r"checkpoint format version 99, but this bundle reads version 1"):
+        tiny_training(path, {})
