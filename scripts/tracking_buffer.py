@@ -321,8 +321,8 @@ def replay(path: str, tracking_uri: str | None = None) -> str:
             write_unsent(path, records[index:])
             raise RuntimeError(
                 f"sending call {index + 1} of {len(records)} ({record['method']} for run {record['run_id']}) to {uri} "
-                f"failed ({_short(str(error))}); {len(records) - index} calls stay in {path}. Retry when the server "
-                "responds, or pass --tracking_uri with the server's current address."
+                f"failed ({_short(str(error))}); the {len(records) - index} unsent calls stay in {path}. Retry when "
+                "the server responds, or pass --tracking_uri with the server's current address."
             ) from error
     write_unsent(path, [])
     return f"sent {len(records)} MLflow calls from {path}; the file is removed."
