@@ -13,8 +13,23 @@ from types import ModuleType
 
 BUNDLE_ROOT = str(Path(__file__).resolve().parent.parent)
 
-_SUBMODULES = ("cli", "data", "distance_maps", "engine", "evaluation", "losses", "metrics", "plots", "study",
-               "tracking", "transforms")
+_SUBMODULES = (
+    "checkpoints",
+    "cli",
+    "data",
+    "distance_maps",
+    "engine",
+    "evaluation",
+    "guards",
+    "losses",
+    "metrics",
+    "plots",
+    "random_state",
+    "study",
+    "tracking",
+    "tracking_buffer",
+    "transforms",
+)
 
 
 def __getattr__(name: str) -> ModuleType:

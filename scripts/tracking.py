@@ -5,6 +5,11 @@ has the same name, or any unfinished run at all when no name is given, so a cras
 run's metrics. This tracker always creates a new run (its name says loss, fold and seed), logs per-class
 validation metrics from MONAI's per-case metric details, records the loss's own trainable parameters and weights,
 and marks the run failed with the error when training raises.
+
+It also survives the failures of long trainings: :func:`connect` checks the tracking server before training
+(falling back to the local SQLite store when asked), calls made while the server is away are kept and sent later
+(:mod:`scripts.tracking_buffer`), and a training resumed from its checkpoint continues its MLflow run without
+logging an epoch twice.
 """
 
 from __future__ import annotations
@@ -32,6 +37,14 @@ from . import BUNDLE_ROOT
 from .losses import describe_loss, get_loss_spec
 from .metrics import per_class_means
 from .plots import plot_learning_curves
+from .tracking_buffer import (
+    TRAINING_MAX_RETRIES,
+    TRAINING_TIMEOUT_S,
+    UNSENT_FILE,
+    BufferedClient,
+    is_outage,
+    request_limits,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +57,47 @@ def sqlite_tracking_uri(output_dir: str | Path) -> str:
     path = Path(output_dir).expanduser().resolve() / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def connect(tracking_uri: str, fallback_dir: str | Path | None = None, timeout: float = 10.0) -> str:
+    """Return the tracking URI to log into: ``tracking_uri`` when its store responds, else the fallback store.
+
+    The check makes one request without retries (``timeout`` seconds at most), so that a server that is down fails
+    the run before any data are loaded rather than after the first epoch.
+
+    Args:
+        tracking_uri: the MLflow tracking URI of the config.
+        fallback_dir: when given and ``tracking_uri`` does not respond, log into the SQLite store
+            ``fallback_dir/mlflow.db`` instead, with a warning; ``None`` raises.
+        timeout: seconds to wait for a response.
+
+    Raises:
+        RuntimeError: when the store does not respond and there is no fallback; the message names the URI and the
+            options.
+    """
+    try:
+        with request_limits(max_retries=0, timeout=timeout):
+            MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - sorted by is_outage; any other error is re-raised
+        if not is_outage(error):
+            raise
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        if fallback_dir is None:
+            raise RuntimeError(
+                f"MLflow tracking server {tracking_uri} cannot be reached ({reason}). Start the server, pass "
+                "--tracking_uri with a reachable one, or pass --tracking_fallback true to log into the local store "
+                "output_dir/mlflow.db instead."
+            ) from error
+        fallback = sqlite_tracking_uri(fallback_dir)
+        logger.warning(
+            "MLflow tracking server %s cannot be reached (%s); tracking_fallback is set, so this training logs into "
+            "%s.",
+            tracking_uri,
+            reason,
+            fallback,
+        )
+        return fallback
+    return tracking_uri
 
 
 def git_commit(directory: str | Path = BUNDLE_ROOT) -> str:
@@ -112,6 +166,9 @@ class MLflowTracker:
         checkpoint_path: the best checkpoint, logged as an artifact at the end.
         artifact_location: where a new experiment stores artifacts; default ``mlartifacts`` beside a SQLite
             database, the server's default otherwise.
+        requested_tracking_uri: the URI the config asked for, when ``tracking_uri`` is a fallback from
+            :func:`connect`; the run is tagged ``tracking_fallback_from`` and the end of training repeats it.
+        retry_interval: seconds between attempts to reach the tracking server during an outage.
     """
 
     def __init__(
@@ -132,6 +189,8 @@ class MLflowTracker:
         parent_run_id: str | None = None,
         checkpoint_path: str | Path | None = None,
         artifact_location: str | None = None,
+        requested_tracking_uri: str | None = None,
+        retry_interval: float = 60.0,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -149,9 +208,14 @@ class MLflowTracker:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
         self.run_name = run_name or self._default_run_name()
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.requested_tracking_uri = requested_tracking_uri or tracking_uri
+        # Run creation and lookups go straight to MLflow; what the run logs afterwards goes through the buffer.
+        self.mlflow_client = MlflowClient(tracking_uri=tracking_uri)
+        self.client = BufferedClient(tracking_uri, self.output_dir / UNSENT_FILE, retry_interval, self.mlflow_client)
         self.run_id: str | None = None
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self._resume: dict[str, Any] | None = None
+        self._logged_steps: set[tuple[str, int]] = set()
         self._epoch_losses: list[float] = []
         self._epoch_learning_rate = float("nan")
         self._trainer: Engine | None = None
@@ -159,7 +223,7 @@ class MLflowTracker:
     def attach(self, trainer: Engine) -> None:
         """Register the handlers on the trainer and, when given, on the evaluator."""
         self._trainer = trainer
-        trainer.add_event_handler(Events.STARTED, self.start)
+        trainer.add_event_handler(Events.STARTED, self._start_or_explain)
         trainer.add_event_handler(Events.EPOCH_STARTED, self._record_learning_rate)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self._record_iteration)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
@@ -171,6 +235,10 @@ class MLflowTracker:
     # Event handlers.
 
     def start(self, engine: Engine) -> None:
+        if self._resume is not None:
+            self._continue_run()
+            return
+
         experiment_id = self._experiment_id()
         commit = git_commit()
         tags = {
@@ -196,7 +264,9 @@ class MLflowTracker:
                 tags[key] = str(self.params[key])
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
-        run = self.client.create_run(experiment_id, run_name=self.run_name, tags=tags)
+        if self.requested_tracking_uri != self.tracking_uri:
+            tags["tracking_fallback_from"] = self.requested_tracking_uri
+        run = self.mlflow_client.create_run(experiment_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
         logger.info(
             "MLflow run %s (%s) in experiment %r at %s.", self.run_name, self.run_id, self.experiment_name,
@@ -207,6 +277,7 @@ class MLflowTracker:
         config = running_config()
         if config is not None:
             self._log_yaml_artifact(config, "config.yaml")
+        self._log_skipped_cases()
 
     def log_epoch(self, engine: Engine) -> None:
         epoch = engine.state.epoch
@@ -241,6 +312,7 @@ class MLflowTracker:
         if self.checkpoint_path is not None and self.checkpoint_path.is_file():
             self.client.log_artifact(self.run_id, str(self.checkpoint_path), artifact_path="checkpoints")
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+        self._close()
         logger.info("MLflow run %s finished.", self.run_id)
 
     def fail(self, engine: Engine, error: BaseException) -> None:
@@ -249,8 +321,38 @@ class MLflowTracker:
             self.client.set_tag(self.run_id, "error", message[:MAX_PARAM_LENGTH])
             self._log_learning_curves()
             self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FAILED))
+            self._close()
             logger.error("MLflow run %s marked failed: %s", self.run_id, message)
         raise error
+
+    # Resuming.
+
+    def resume_state(self) -> dict[str, Any]:
+        """Return what a resumed training needs to continue this run: its id, store and logged history."""
+        return {
+            "run_id": self.run_id,
+            "tracking_uri": self.tracking_uri,
+            "history": {key: [[step, value] for step, value in values] for key, values in self.history.items()},
+        }
+
+    def resume_from(self, state: Mapping[str, Any], epoch: int) -> None:
+        """Continue the run in ``state`` (from :meth:`resume_state`) when training starts, after ``epoch``.
+
+        Raises:
+            ValueError: when the run is in another tracking store than this training logs into.
+        """
+        if state.get("tracking_uri") != self.tracking_uri:
+            raise ValueError(
+                f"the checkpoint continues MLflow run {state.get('run_id')} in {state.get('tracking_uri')}, but this "
+                f"training logs into {self.tracking_uri}. Resume with --tracking_uri {state.get('tracking_uri')} "
+                "(start that server if it is down), or pass --resume never to start a new run."
+            )
+        self._resume = {"run_id": state["run_id"], "epoch": int(epoch)}
+        # The curves keep only the epochs up to the checkpoint; the epochs after it are trained and logged again.
+        self.history = {
+            key: [(int(step), float(value)) for step, value in values if step <= epoch]
+            for key, values in state.get("history", {}).items()
+        }
 
     # Helpers.
 
@@ -290,7 +392,7 @@ class MLflowTracker:
         return params
 
     def _experiment_id(self) -> str:
-        return experiment_id(self.client, self.experiment_name, self.artifact_location)
+        return experiment_id(self.mlflow_client, self.experiment_name, self.artifact_location)
 
     def _log_params(self, params: Mapping[str, Any]) -> None:
         log_params(self.client, self.run_id, params)
@@ -300,7 +402,8 @@ class MLflowTracker:
         entries = []
         for key, value in metrics.items():
             self.history.setdefault(key, []).append((step, value))
-            if math.isfinite(value):
+            # A resumed training repeats the epochs after its checkpoint; those the killed process logged stay.
+            if math.isfinite(value) and (key, step) not in self._logged_steps:
                 entries.append(Metric(key, value, timestamp, step))
         if entries:
             self.client.log_batch(self.run_id, metrics=entries)
@@ -323,6 +426,62 @@ class MLflowTracker:
         path = self.output_dir / "learning_curves.png"
         plot_learning_curves(self.history, path, title=self.run_name)
         self.client.log_artifact(self.run_id, str(path))
+
+    def _start_or_explain(self, engine: Engine) -> None:
+        # Creating or finding the run cannot wait for the server, so a server lost since connect() is an error here.
+        try:
+            with request_limits(TRAINING_MAX_RETRIES, TRAINING_TIMEOUT_S):
+                self.start(engine)
+        except Exception as error:  # noqa: BLE001 - sorted by is_outage; any other error is re-raised
+            if not is_outage(error):
+                raise
+            reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            raise RuntimeError(
+                f"MLflow tracking at {self.tracking_uri} stopped responding before training started ({reason}). "
+                "Start the server and rerun the same command, or pass --tracking_fallback true to log into the "
+                "local store output_dir/mlflow.db."
+            ) from error
+
+    def _continue_run(self) -> None:
+        run_id, epoch = self._resume["run_id"], self._resume["epoch"]
+        try:
+            run = self.mlflow_client.get_run(run_id)
+        except Exception as error:  # noqa: BLE001 - sorted by is_outage; any other error is re-raised
+            if not is_outage(error):
+                raise ValueError(
+                    f"MLflow run {run_id} of the checkpoint is not in {self.tracking_uri} ({error}); pass the "
+                    "--tracking_uri it was logged to, or --resume never to start a new run."
+                ) from error
+            raise
+        self.run_id = run_id
+        # Calls the killed process kept during an outage go first, so the steps below include them.
+        self.client.flush()
+        for key in run.data.metrics:
+            for metric in self.mlflow_client.get_metric_history(run_id, key):
+                self._logged_steps.add((key, metric.step))
+        if run.info.status != RunStatus.to_string(RunStatus.RUNNING):
+            self.mlflow_client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        self.client.set_tag(run_id, "resumed_after_epoch", str(epoch))
+        logger.info(
+            "MLflow run %s (%s) continues after epoch %d in %s.", self.run_name, run_id, epoch, self.tracking_uri
+        )
+
+    def _log_skipped_cases(self) -> None:
+        skipped = self.split.get("skipped") or []
+        problems = self.split.get("data_problems") or []
+        if not problems:
+            return
+        self._log_params({"skipped_cases": [case["case_id"] for case in skipped], "num_skipped_cases": len(skipped)})
+        self._log_json_artifact({"skipped": skipped, "problems": problems}, "data_problems.json")
+
+    def _close(self) -> None:
+        self.client.close()
+        if self.requested_tracking_uri != self.tracking_uri:
+            logger.warning(
+                "This training logged into %s because %s could not be reached when it started.",
+                self.tracking_uri,
+                self.requested_tracking_uri,
+            )
 
     def _default_run_name(self) -> str:
         name = self.loss_name
@@ -379,6 +538,7 @@ def _plain(value: Any) -> Any:
 
 __all__ = [
     "MLflowTracker",
+    "connect",
     "default_artifact_location",
     "experiment_id",
     "git_commit",

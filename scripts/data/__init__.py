@@ -1,6 +1,16 @@
-"""Data: reading a Decathlon task folder, the cross-validation split, and downloading the task."""
+"""Data: reading a Decathlon task folder, checking its cases, the cross-validation split, and downloading the task."""
 
+from .check import DataCheckReport, check_dataset
 from .datalist import inference_datalist, label_names, load_datalist, read_dataset_json
 from .split import fold_split, prepare_split
 
-__all__ = ["fold_split", "inference_datalist", "label_names", "load_datalist", "prepare_split", "read_dataset_json"]
+__all__ = [
+    "DataCheckReport",
+    "check_dataset",
+    "fold_split",
+    "inference_datalist",
+    "label_names",
+    "load_datalist",
+    "prepare_split",
+    "read_dataset_json",
+]

@@ -1,12 +1,13 @@
-"""Command line of the data module: ``python -m scripts.data download|split``."""
+"""Command line of the data module: ``python -m scripts.data download|split|check``."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 from .. import BUNDLE_ROOT
 from ..cli import run_commands
-from .download import download_task
+from .check import check_dataset
 from .split import prepare_split
 
 DEFAULT_DATASET_DIR = f"{BUNDLE_ROOT}/data/Task04_Hippocampus"
@@ -19,6 +20,9 @@ def download(dataset_dir: str = DEFAULT_DATASET_DIR, task: str = "Task04_Hippoca
         dataset_dir: folder to create; training reads it from the config key ``dataset_dir``.
         task: the Decathlon task name, e.g. ``Task04_Hippocampus`` or ``Task09_Spleen``.
     """
+    # Imported here: MONAI's download code takes seconds to import, which the other commands do not need.
+    from .download import download_task
+
     return str(download_task(dataset_dir, task))
 
 
@@ -36,5 +40,19 @@ def split(dataset_dir: str = DEFAULT_DATASET_DIR, fold: int = 0, num_folds: int 
     return json.dumps(summary, indent=2)
 
 
+def check(dataset_dir: str = DEFAULT_DATASET_DIR, cache: str | None = None) -> None:
+    """Check every case of dataset.json and print one line per problem, then a summary; exit status 1 on problems.
+
+    Args:
+        dataset_dir: the Decathlon task folder with dataset.json.
+        cache: a JSON file that stores the result per case. A rerun then reads only the files that changed, by
+            size and modification time. None by default.
+    """
+    report = check_dataset(dataset_dir, cache_path=cache)
+    print(report.text())
+    if not report.ok:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    run_commands({"download": download, "split": split})
+    run_commands({"download": download, "split": split, "check": check})

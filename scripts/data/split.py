@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .check import check_dataset
 from .datalist import load_datalist, read_dataset_json
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ def prepare_split(
     seed: int = 0,
     output_dir: str | Path | None = None,
     max_cases: int | None = None,
+    check_data: bool = False,
+    skip_broken_cases: bool = False,
 ) -> dict[str, Any]:
-    """Read the task folder, split it, and write the split to ``output_dir/split.json``.
+    """Read the task folder, split it, check the cases of the split, and write the split to ``output_dir/split.json``.
 
     Args:
         dataset_dir: the Decathlon task folder.
@@ -57,16 +60,30 @@ def prepare_split(
             change which cases are held out unless asked).
         output_dir: where ``split.json`` is written; ``None`` writes nothing.
         max_cases: keep only the first ``max_cases`` cases of each list, for smoke tests; ``None`` keeps all.
+        check_data: run :func:`scripts.data.check_dataset` on the cases of both lists (after ``max_cases``) and on
+            the files around them; with problems, raise unless ``skip_broken_cases`` is set.
+        skip_broken_cases: with ``check_data``, drop the broken cases from both lists instead of raising, log them,
+            and list them with their problems under ``"skipped"``. The fold split is made before dropping, so a
+            broken case never moves other cases to another fold.
 
     Returns:
-        ``{"training": [...], "validation": [...], "dataset": {...}}`` with the cases as dicts of absolute paths.
+        ``{"training": [...], "validation": [...], "dataset": {...}}`` with the cases as dicts of absolute paths;
+        with skipped cases also ``"skipped"`` and ``"data_problems"`` (every problem of the check, as text).
+
+    Raises:
+        ValueError: with ``check_data`` and without ``skip_broken_cases``, when the check finds a problem; the
+            message contains the whole report. Also when skipping leaves a list without cases.
     """
     content = read_dataset_json(dataset_dir)
-    split = fold_split(load_datalist(dataset_dir), fold=fold, num_folds=num_folds, seed=seed)
+    # With the check, a missing file is one problem of the report instead of an error on its own.
+    cases = load_datalist(dataset_dir, check_files=not check_data)
+    split: dict[str, Any] = fold_split(cases, fold=fold, num_folds=num_folds, seed=seed)
     if max_cases is not None:
         if max_cases < 1:
             raise ValueError(f"max_cases must be a positive number of cases or None, got {max_cases}.")
         split = {key: cases[:max_cases] for key, cases in split.items()}
+    if check_data:
+        split = _check_split(dataset_dir, split, output_dir, skip_broken_cases)
     split["dataset"] = {
         "name": str(content.get("name", Path(dataset_dir).name)),
         "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
@@ -75,6 +92,7 @@ def prepare_split(
         "seed": seed,
         "num_training": len(split["training"]),
         "num_validation": len(split["validation"]),
+        "num_skipped": len(split.get("skipped", [])),
     }
     if output_dir is not None:
         path = Path(output_dir) / "split.json"
@@ -90,3 +108,42 @@ def prepare_split(
             path,
         )
     return split
+
+
+def _check_split(
+    dataset_dir: str | Path, split: dict[str, Any], output_dir: str | Path | None, skip_broken_cases: bool
+) -> dict[str, Any]:
+    case_ids = [case["case_id"] for key in ("training", "validation") for case in split[key]]
+    cache = Path(output_dir) / "data_check_cache.json" if output_dir is not None else None
+    report = check_dataset(dataset_dir, case_ids=case_ids, cache_path=cache)
+    if report.ok:
+        logger.info(report.summary())
+        return split
+    if not skip_broken_cases:
+        raise ValueError(f"the dataset check found problems, so training does not start.\n{report.text()}")
+
+    broken = set(report.broken_cases)
+    problems_by_case: dict[str, list[str]] = {}
+    for problem in report.problems:
+        if problem.case_id:
+            problems_by_case.setdefault(problem.case_id, []).append(str(problem))
+    skipped = [
+        {**case, "problems": problems_by_case[case["case_id"]]}
+        for key in ("training", "validation")
+        for case in split[key]
+        if case["case_id"] in broken
+    ]
+    kept = {key: [case for case in split[key] if case["case_id"] not in broken] for key in ("training", "validation")}
+    logger.warning(
+        "skip_broken_cases is set: training without %d broken cases (%s). Every problem found:\n%s",
+        len(skipped),
+        ", ".join(case["case_id"] for case in skipped) or "none",
+        report.text(),
+    )
+    for key in ("training", "validation"):
+        if not kept[key]:
+            raise ValueError(
+                f"every case of the {key} list is broken, so nothing is left to train with after skipping them.\n"
+                f"{report.text()}"
+            )
+    return {**kept, "skipped": skipped, "data_problems": [str(problem) for problem in report.problems]}

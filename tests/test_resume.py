@@ -1,0 +1,280 @@
+"""Interrupted trainings: atomic checkpoints, resuming after kill -9 into the same MLflow run, and when not to resume."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+from monai.utils import set_determinism
+from training_runs import (
+    has_logged_step,
+    metric_history,
+    run_training,
+    sqlite_uri,
+    start_training,
+    training_runs,
+    wait_for,
+)
+
+from scripts import BUNDLE_ROOT
+from scripts.checkpoints import TrainingCheckpoint, atomic_save, load_checkpoint
+from scripts.data import load_datalist
+from scripts.random_state import capture_random_states, restore_random_states
+
+# 4 epochs, validation and checkpoints every 2: epoch 3 is trained and logged but not checkpointed, so a training
+# killed during epoch 4 resumes from epoch 2 and must not log epoch 3 twice.
+RESUMABLE = ["--max_epochs", "4", "--val_interval", "2", "--checkpoint_interval", "2"]
+
+
+@pytest.mark.training
+def test_killed_training_resumes_into_same_run(dataset_dir, tmp_path):
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    run_training(dataset_dir, uninterrupted, *RESUMABLE)
+
+    process = start_training(dataset_dir, interrupted, tmp_path / "killed.log", *RESUMABLE)
+    try:
+        wait_for(lambda: has_logged_step(sqlite_uri(interrupted), "train_loss", 3), process, "epoch 3 was logged")
+    finally:
+        process.kill()
+        process.wait()
+    client, runs = training_runs(sqlite_uri(interrupted))
+    killed_run_id = runs[0].info.run_id
+    killed_checkpoint = load_checkpoint(interrupted / "models" / "checkpoint.pt")
+    resumed = run_training(dataset_dir, interrupted, *RESUMABLE)
+
+    client, runs = training_runs(sqlite_uri(interrupted))
+    reference_client, reference_runs = training_runs(sqlite_uri(uninterrupted))
+    history = metric_history(client, killed_run_id)
+    reference = metric_history(reference_client, reference_runs[0].info.run_id)
+    final = load_checkpoint(interrupted / "models" / "checkpoint.pt")
+    model = torch.load(interrupted / "models" / "model.pt", weights_only=True)
+    reference_model = torch.load(uninterrupted / "models" / "model.pt", weights_only=True)
+
+    assert killed_checkpoint["epoch"] == 2
+    assert "Resuming the training" in resumed.stdout
+    assert "after epoch 2 of 4" in resumed.stdout
+    assert [run.info.run_id for run in runs] == [killed_run_id]
+    assert runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["resumed_after_epoch"] == "2"
+    assert [step for step, _ in history["train_loss"]] == [1, 2, 3, 4]
+    assert [step for step, _ in history["val_mean_dice"]] == [2, 4]
+    # One process or two, the same seed on the CPU gives the same numbers, bit for bit.
+    assert history == reference
+    assert final["epoch"] == 4
+    assert final["finished"]
+    assert model.keys() == reference_model.keys()
+    assert all(torch.equal(model[key], reference_model[key]) for key in model)
+    assert "learning_curves.png" in {artifact.path for artifact in client.list_artifacts(killed_run_id)}
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, torch
+    from scripts.checkpoints import atomic_save
+    step = 0
+    while True:
+        step += 1
+        atomic_save({"step": step, "weights": torch.full((2_000_000,), float(step))}, sys.argv[1])
+    """
+)
+
+
+def test_atomic_save_survives_kill_mid_write(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    generator = random.Random(0)
+    for attempt in range(3):
+        process = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=BUNDLE_ROOT)
+        wait_for(lambda: path.exists() and path.stat().st_mtime > time.time() - 1, process, "a checkpoint was written")
+        # 8 MB take tens of milliseconds to write and flush, so a random kill mostly lands in the middle of a write.
+        time.sleep(generator.uniform(0.05, 0.5))
+        process.kill()
+        process.wait()
+
+        content = torch.load(path, weights_only=True)
+
+        assert content["step"] >= 1, attempt
+        assert torch.equal(content["weights"], torch.full((2_000_000,), float(content["step"]))), attempt
+
+
+def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    atomic_save({"version": 1}, path)
+
+    def failing_save(content, stream):
+        stream.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"version": 2}, path)
+
+    assert torch.load(path, weights_only=True) == {"version": 1}
+    assert [item.name for item in tmp_path.iterdir()] == ["model.pt"]
+
+
+def tiny_training(path: Path, settings: dict, resume: str = "auto", stop_after: int | None = None, epochs: int = 3):
+    """Train a linear model on 4 numbers for ``epochs`` with a TrainingCheckpoint; optionally stop early."""
+    torch.manual_seed(0)
+    network = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        loss = (network(torch.tensor([[float(batch)]])) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss}
+
+    trainer = Engine(step)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())
+    checkpoint = TrainingCheckpoint(path, network, optimizer, lr_scheduler=scheduler, settings=settings, resume=resume)
+    checkpoint.attach(trainer)
+    if stop_after is not None:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda engine: engine.terminate())
+    trainer.run([1, 2, 3, 4], max_epochs=epochs)
+    return trainer, network, checkpoint
+
+
+def test_checkpoint_holds_training_state(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    trainer, network, _ = tiny_training(path, {"learning_rate": 0.1}, stop_after=2)
+
+    content = torch.load(path, weights_only=True)
+
+    assert content["epoch"] == 2
+    assert content["iteration"] == 8
+    assert not content["finished"]
+    assert torch.equal(content["network"]["weight"], network.state_dict()["weight"])
+    assert content["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.025)
+    assert content["lr_scheduler"]["last_epoch"] == 2
+    assert content["trainer"]["max_epochs"] == 3
+    assert {"torch", "numpy", "python", "transforms"} <= set(content["random_states"])
+
+
+def test_resume_continues_unfinished_training(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    tiny_training(path, {"learning_rate": 0.1}, stop_after=2)
+    _, uninterrupted, _ = tiny_training(tmp_path / "other.pt", {"learning_rate": 0.1})
+
+    trainer, resumed, checkpoint = tiny_training(path, {"learning_rate": 0.1})
+
+    assert checkpoint.resumed_epoch == 2
+    assert trainer.state.epoch == 3
+    assert trainer.state.iteration == 12
+    assert torch.equal(resumed.weight, uninterrupted.weight)
+
+
+def test_resume_rejects_other_settings(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    tiny_training(path, {"learning_rate": 0.1, "loss": {"name": "dice"}}, stop_after=1)
+
+    with pytest.raises(ValueError) as raised:
+        tiny_training(path, {"learning_rate": 0.01, "loss": {"name": "dice"}})
+    message = str(raised.value)
+
+    assert f"{path} contains an unfinished training (epoch 1) with other settings" in message
+    assert "learning_rate: 0.1 -> 0.01" in message
+    assert "--resume never" in message
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+
+
+def test_resume_never_starts_over(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    tiny_training(path, {"learning_rate": 0.1}, stop_after=1)
+
+    trainer, _, checkpoint = tiny_training(path, {"learning_rate": 0.01}, resume="never")
+
+    assert checkpoint.resumed_epoch is None
+    assert trainer.state.iteration == 12
+    assert torch.load(path, weights_only=True)["finished"]
+
+
+def test_resume_auto_starts_over_after_finished_training(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    tiny_training(path, {"learning_rate": 0.1})
+
+    trainer, _, checkpoint = tiny_training(path, {"learning_rate": 0.1})
+
+    assert checkpoint.resumed_epoch is None
+    assert trainer.state.iteration == 12
+
+
+def test_resume_must_without_checkpoint_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"resume is 'must' but .*checkpoint\.pt does not exist"):
+        tiny_training(tmp_path / "checkpoint.pt", {}, resume="must")
+
+
+def test_resume_must_after_finished_training_raises(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    tiny_training(path, {})
+
+    with pytest.raises(ValueError, match="contains a finished training"):
+        tiny_training(path, {}, resume="must")
+
+
+def test_resume_mode_is_validated(tmp_path):
+    with pytest.raises(ValueError, match=r"resume must be one of \('auto', 'never', 'must'\), got 'sometimes'"):
+        tiny_training(tmp_path / "checkpoint.pt", {}, resume="sometimes")
+
+
+def test_corrupt_checkpoint_names_file_and_way_out(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"not a checkpoint")
+
+    with pytest.raises(RuntimeError, match=r"checkpoint .*checkpoint\.pt cannot be loaded .*--resume never"):
+        tiny_training(path, {})
+
+
+def test_random_states_restore_augmentation_stream(dataset_dir):
+    parser = ConfigParser()
+    parser.read_config(f"{BUNDLE_ROOT}/configs/train.yaml")
+    parser["dataset_dir"] = str(dataset_dir)
+    parser["patch_size"] = [24, 32, 24]
+    case = load_datalist(dataset_dir)[0]
+    set_determinism(seed=0)
+    loaded = Compose(parser.get_parsed_content("preprocessing"))(case)
+    augmentation = Compose(parser.get_parsed_content("augmentation"))
+
+    def draw() -> list:
+        return [
+            [sample["image"].clone() for sample in augmentation(dict(loaded))],
+            torch.rand(3),
+            np.random.rand(3),
+            random.random(),
+        ]
+
+    draw()
+    states = capture_random_states(augmentation)
+    first = draw()
+    draw()
+    restore_random_states(states, augmentation)
+    second = draw()
+
+    for expected, actual in zip(first[0], second[0]):
+        assert torch.equal(expected, actual)
+    assert torch.equal(first[1], second[1])
+    assert np.array_equal(first[2], second[2])
+    assert first[3] == second[3]
+    assert len(states["transforms"]) >= 6
+
+
+def test_checkpoint_of_other_format_version_is_rejected(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    tiny_training(path, {}, stop_after=1)
+    content = torch.load(path, weights_only=True)
+    content["version"] = 99
+    torch.save(content, path)
+
+    with pytest.raises(ValueError, match=r"checkpoint format version 99, but this bundle reads version 1"):
+        tiny_training(path, {})
