@@ -13,8 +13,8 @@ from types import ModuleType
 
 BUNDLE_ROOT = str(Path(__file__).resolve().parent.parent)
 
-_SUBMODULES = ("cli", "data", "distance_maps", "engine", "evaluation", "losses", "metrics", "plots", "tracking",
-               "transforms")
+_SUBMODULES = ("cli", "data", "distance_maps", "distributed", "engine", "evaluation", "losses", "metrics", "plots",
+               "tracking", "transforms")
 
 
 def __getattr__(name: str) -> ModuleType:

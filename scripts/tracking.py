@@ -9,6 +9,7 @@ and marks the run failed with the error when training raises.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -139,12 +140,20 @@ class MLflowTracker:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
         self.run_name = run_name or self._default_run_name()
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id: str | None = None
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._epoch_losses: list[float] = []
         self._epoch_learning_rate = float("nan")
         self._trainer: Engine | None = None
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        """The MLflow client, created on first use.
+
+        Creating a client creates a SQLite database's tables, so a tracker that is built but never attached (on
+        the ranks other than 0 of a distributed run) must not touch the store.
+        """
+        return MlflowClient(tracking_uri=self.tracking_uri)
 
     def attach(self, trainer: Engine) -> None:
         """Register the handlers on the trainer and, when given, on the evaluator."""
