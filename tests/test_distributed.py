@@ -1,0 +1,264 @@
+"""Distributed training helpers.
+
+One DistributedDataParallel step over 2 CPU processes (gloo) must give the gradients of one process on the
+combined batch: for per-voxel and batch-pooled losses, trainable loss parameters and auxiliary heads. The
+rank-dependent helpers are also checked in a single process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler, ValidationHandler
+from torch import Tensor, nn
+
+import scripts.distributed as distributed
+from scripts.engine import LossAdapter
+from scripts.losses import SegmentationInputs, SegmentationLoss, build_loss
+from scripts.losses.distributed import gather_across_ranks, pool_across_ranks, sum_across_ranks
+from scripts.losses.pixel.cross_entropy import voxel_cross_entropy
+from scripts.tracking import MLflowTracker
+
+WORLD_SIZE = 2
+BATCH_SIZE = 4  # 2 samples per process
+IGNORE = 255
+WORKER_TIMEOUT = 300  # seconds
+
+
+class TinyNetwork(nn.Module):
+    """A 3-class 3D convolution; with ``heads=True`` it also returns auxiliary logits in training mode."""
+
+    def __init__(self, heads: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 3, kernel_size=3, padding=1)
+        self.auxiliary = nn.Conv3d(1, 3, kernel_size=1) if heads else None
+
+    def forward(self, image: Tensor) -> Tensor | dict[str, Tensor]:
+        logits = self.conv(image)
+        if self.auxiliary is None or not self.training:
+            return logits
+        return {"logits": logits, "auxiliary_logits": self.auxiliary(image)}
+
+
+class ScaledCrossEntropy(SegmentationLoss):
+    """Cross-entropy from class-wise voxel means (``voxel_mean``), times a trainable scale."""
+
+    def __init__(self, ignore_index: int | None = None, batch: bool = False) -> None:
+        super().__init__(ignore_index=ignore_index, batch=batch)
+        self.log_scale = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+
+    def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
+        class_mean = inputs.voxel_mean(-(inputs.target * inputs.log_probs), batch=self.batch)
+        return torch.exp(self.log_scale) * class_mean.sum(dim=1)
+
+
+class AuxiliaryHeadLoss(SegmentationLoss):
+    """Cross-entropy of the main logits plus half the cross-entropy of an auxiliary head, per sample."""
+
+    extra_inputs = ("auxiliary_logits",)
+
+    def per_sample_loss(self, inputs: SegmentationInputs, auxiliary_logits: Tensor) -> Tensor:
+        auxiliary = F.cross_entropy(auxiliary_logits, inputs.labels, reduction="none")
+        return self.average_voxels(voxel_cross_entropy(inputs), inputs) + 0.5 * auxiliary.flatten(1).mean(dim=1)
+
+
+class GlobalTopKCrossEntropy(SegmentationLoss):
+    """The mean of the largest 10% of voxel cross-entropies of the whole batch, selected across processes."""
+
+    def __init__(self) -> None:
+        super().__init__(batch=True)
+
+    def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
+        voxel_loss = gather_across_ranks(voxel_cross_entropy(inputs).flatten(1)).flatten()
+        count = max(1, voxel_loss.numel() // 10)
+        return voxel_loss.topk(count).values.mean().reshape(1)
+
+
+def build_case(name: str) -> tuple[nn.Module, LossAdapter, Tensor, Tensor]:
+    """Return the network, loss, images and labels of one case, identical in every process."""
+    torch.manual_seed(0)
+    network = TinyNetwork(heads=name == "auxiliary_head").double()
+    image = torch.randn(BATCH_SIZE, 1, 6, 6, 6, dtype=torch.float64)
+    label = torch.randint(0, 3, (BATCH_SIZE, 1, 6, 6, 6))
+    # Ignored voxels in the first sample only: the two processes then hold different numbers of valid voxels.
+    label[0, :, :3] = IGNORE
+    losses = {
+        "cross_entropy": lambda: build_loss("cross_entropy"),
+        "batch_dice": lambda: build_loss("dice", batch=True, include_background=False),
+        "batch_cross_entropy_ignore": lambda: build_loss(
+            "cross_entropy", batch=True, ignore_index=IGNORE, class_weights=[0.5, 1.0, 2.0]
+        ),
+        # Per sample, so that each process's gradient of the scale differs and only DDP's average is right.
+        "trainable_parameter": lambda: ScaledCrossEntropy(ignore_index=IGNORE),
+        "batch_voxel_mean_ignore": lambda: ScaledCrossEntropy(ignore_index=IGNORE, batch=True),
+        "auxiliary_head": lambda: AuxiliaryHeadLoss(),
+        "global_top_k": lambda: GlobalTopKCrossEntropy(),
+    }
+    if name not in ("batch_cross_entropy_ignore", "trainable_parameter", "batch_voxel_mean_ignore"):
+        label[label == IGNORE] = 1
+    return network, LossAdapter(losses[name]()), image, label
+
+
+CASES = ("cross_entropy", "batch_dice", "batch_cross_entropy_ignore", "batch_voxel_mean_ignore",
+         "trainable_parameter", "auxiliary_head", "global_top_k")
+
+
+def gradients(module: nn.Module) -> dict[str, Tensor]:
+    return {name: parameter.grad.detach().clone() for name, parameter in module.named_parameters()}
+
+
+def single_process_gradients(name: str) -> dict[str, Tensor]:
+    network, loss_function, image, label = build_case(name)
+    module = distributed.NetworkWithLoss(network, loss_function)
+    loss_function(module(image), label).backward()
+    return gradients(module)
+
+
+def distributed_worker(rank: int, port: int, output_dir: str) -> None:
+    """One process of the DDP step: its half of every case's batch, gradients saved to ``rank<r>.pt``."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+    )
+    torch.set_num_threads(1)
+    distributed.init_process_group()
+    share = slice(rank * BATCH_SIZE // WORLD_SIZE, (rank + 1) * BATCH_SIZE // WORLD_SIZE)
+    results = {}
+    for name in CASES:
+        network, loss_function, image, label = build_case(name)
+        model = distributed.data_parallel(network, loss_function, torch.device("cpu"))
+        loss_function(model(image[share]), label[share]).backward()
+        results[name] = gradients(model.module)
+        # The same step with the loss called directly, outside pool_across_ranks: each process's batch alone.
+        if name == "batch_dice":
+            network, loss_function, image, label = build_case(name)
+            model = distributed.data_parallel(network, loss_function, torch.device("cpu"))
+            loss_function.loss(model(image[share]), label[share]).backward()
+            results["batch_dice_per_process"] = gradients(model.module)
+    torch.save(results, Path(output_dir) / f"rank{rank}.pt")
+    distributed.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def distributed_gradients(tmp_path_factory) -> list[dict[str, dict[str, Tensor]]]:
+    output_dir = tmp_path_factory.mktemp("ddp")
+    # Forked processes start at once; spawned ones import MONAI again, about 10 s each on a small machine.
+    context = mp.start_processes(
+        distributed_worker, args=(free_port(), str(output_dir)), nprocs=WORLD_SIZE, join=False, start_method="fork"
+    )
+    deadline = time.monotonic() + WORKER_TIMEOUT
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {WORLD_SIZE} DDP processes did not finish within {WORKER_TIMEOUT} s")
+    return [torch.load(output_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+
+
+def assert_same_gradients(actual: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    for name, gradient in expected.items():
+        torch.testing.assert_close(actual[name], gradient, rtol=1e-9, atol=1e-12, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_ddp_step_equals_single_process_on_combined_batch(distributed_gradients, name):
+    expected = single_process_gradients(name)
+
+    for rank in range(WORLD_SIZE):
+        assert_same_gradients(distributed_gradients[rank][name], expected)
+
+
+def test_ddp_batch_dice_without_pooling_differs(distributed_gradients):
+    expected = single_process_gradients("batch_dice")
+    actual = distributed_gradients[0]["batch_dice_per_process"]
+
+    assert not torch.allclose(actual["network.conv.weight"], expected["network.conv.weight"], rtol=1e-3)
+
+
+def test_ddp_trainable_loss_parameter_gets_gradient(distributed_gradients):
+    gradient = distributed_gradients[0]["trainable_parameter"]["loss_function.loss.log_scale"]
+
+    assert gradient.abs().item() > 0.0
+
+
+def test_pooling_helpers_are_identity_without_process_group():
+    values = torch.randn(3, 4, requires_grad=True)
+
+    with pool_across_ranks():
+        assert sum_across_ranks(values) is values
+        assert gather_across_ranks(values) is values
+
+
+def test_class_sums_unchanged_inside_pooling_context():
+    logits = torch.randn(2, 3, 4, 5, 6)
+    target = torch.randint(0, 3, (2, 1, 4, 5, 6))
+    inputs = SegmentationInputs(logits, target)
+
+    with pool_across_ranks():
+        pooled = inputs.class_sums(batch=True)
+    plain = inputs.class_sums(batch=True)
+
+    for inside, outside in zip(pooled, plain):
+        assert torch.equal(inside, outside)
+
+
+def test_handlers_for_rank_zero_keeps_all():
+    handlers = [StatsHandler(), LrScheduleHandler(lr_scheduler=None)]
+
+    assert distributed.handlers_for_rank([*handlers, None]) == handlers
+
+
+def test_handlers_for_other_ranks_drop_reporting(monkeypatch, tmp_path):
+    validation = ValidationHandler(interval=1)
+    schedule = LrScheduleHandler(lr_scheduler=None)
+    checkpoint = CheckpointSaver(save_dir=str(tmp_path), save_dict={"model": nn.Linear(1, 1)})
+    tracker = MLflowTracker.__new__(MLflowTracker)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+
+    kept = distributed.handlers_for_rank([validation, schedule, StatsHandler(), checkpoint, tracker])
+
+    assert kept == [validation, schedule]
+
+
+def test_local_device_without_torchrun_says_how_to_launch(monkeypatch):
+    for name in distributed.TORCHRUN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+    with pytest.raises(ValueError, match="LOCAL_RANK.*not set.*torchrun --nproc_per_node=N"):
+        distributed.local_device()
+
+
+def test_local_device_is_cpu_without_cuda(monkeypatch):
+    for name in distributed.TORCHRUN_VARIABLES:
+        monkeypatch.setenv(name, "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    assert distributed.local_device() == torch.device("cpu")
+
+
+def test_evaluation_sampler_fewer_cases_than_processes(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+
+    with pytest.raises(ValueError, match="2 processes but the evaluation set has only 1 case.*at most 1 processes"):
+        distributed.evaluation_sampler([{"image": "case"}])
+
+
+def test_gather_case_ids_single_process_keeps_order():
+    case_ids, order = distributed.gather_case_ids(["b", "a", "c"])
+
+    assert case_ids == ["b", "a", "c"]
+    assert order == [0, 1, 2]
