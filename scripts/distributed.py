@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
+from .losses.base import as_bool
 from .tracking import MLflowTracker
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class NetworkWithLoss(nn.Module):
 
 
 def data_parallel(
-    network: nn.Module, loss_function: nn.Module, device: torch.device, find_unused_parameters: bool = False
+    network: nn.Module, loss_function: nn.Module, device: torch.device, find_unused_parameters: bool | str = False
 ) -> DistributedDataParallel:
     """Wrap the trained network and the loss in ``DistributedDataParallel`` for the trainer.
 
@@ -152,8 +153,10 @@ def data_parallel(
         loss_function: the loss module; its trainable parameters are averaged like the network's.
         device: this process's device, from :func:`local_device`.
         find_unused_parameters: set ``True`` when some parameters get no gradient in some steps (a head that is
-            switched off by a schedule); DDP then searches the graph in every step, which costs time.
+            switched off by a schedule); DDP then searches the graph in every step, which costs time. The strings
+            ``"true"`` and ``"false"`` of a command line are accepted.
     """
+    find_unused_parameters = as_bool("find_unused_parameters", find_unused_parameters)
     module = NetworkWithLoss(network, loss_function)
     device_ids = [device] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)

@@ -262,3 +262,8 @@ def test_gather_case_ids_single_process_keeps_order():
 
     assert case_ids == ["b", "a", "c"]
     assert order == [0, 1, 2]
+
+
+def test_data_parallel_rejects_invalid_flag():
+    with pytest.raises(ValueError, match="find_unused_parameters must be true or false, got 'maybe'"):
+        distributed.data_parallel(TinyNetwork(), nn.Identity(), torch.device("cpu"), find_unused_parameters="maybe")
