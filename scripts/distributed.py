@@ -82,8 +82,13 @@ def init_process_group(backend: str | None = None) -> None:
 
 
 def destroy_process_group() -> None:
-    """Leave the process group, if there is one."""
+    """Wait for every process, then leave the process group, if there is one.
+
+    The barrier keeps a process from closing its connections while another one still finishes its last
+    collective operation.
+    """
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -121,28 +121,31 @@ def single_process_gradients(name: str) -> dict[str, Tensor]:
     return gradients(module)
 
 
+def distributed_step(name: str, rank: int, pooled: bool = True) -> dict[str, Tensor]:
+    """Return this process's gradients after one DDP step on its half of the case's batch.
+
+    ``pooled=False`` calls the loss directly, outside ``pool_across_ranks``: each process's batch alone.
+    """
+    network, loss_function, image, label = build_case(name)
+    model = distributed.data_parallel(network, loss_function, torch.device("cpu"))
+    share = slice(rank * BATCH_SIZE // WORLD_SIZE, (rank + 1) * BATCH_SIZE // WORLD_SIZE)
+    loss = loss_function if pooled else loss_function.loss
+    loss(model(image[share]), label[share]).backward()
+    return gradients(model.module)
+
+
 def distributed_worker(rank: int, port: int, output_dir: str) -> None:
-    """One process of the DDP step: its half of every case's batch, gradients saved to ``rank<r>.pt``."""
+    """One process of the DDP steps: the gradients of every case saved to ``rank<r>.pt``."""
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
         WORLD_SIZE=str(WORLD_SIZE),
     )
     torch.set_num_threads(1)
     distributed.init_process_group()
-    share = slice(rank * BATCH_SIZE // WORLD_SIZE, (rank + 1) * BATCH_SIZE // WORLD_SIZE)
-    results = {}
-    for name in CASES:
-        network, loss_function, image, label = build_case(name)
-        model = distributed.data_parallel(network, loss_function, torch.device("cpu"))
-        loss_function(model(image[share]), label[share]).backward()
-        results[name] = gradients(model.module)
-        # The same step with the loss called directly, outside pool_across_ranks: each process's batch alone.
-        if name == "batch_dice":
-            network, loss_function, image, label = build_case(name)
-            model = distributed.data_parallel(network, loss_function, torch.device("cpu"))
-            loss_function.loss(model(image[share]), label[share]).backward()
-            results["batch_dice_per_process"] = gradients(model.module)
+    results = {name: distributed_step(name, rank) for name in CASES}
+    results["batch_dice_per_process"] = distributed_step("batch_dice", rank, pooled=False)
     torch.save(results, Path(output_dir) / f"rank{rank}.pt")
+    # The DDP wrappers are freed inside distributed_step, while every process still holds the group.
     distributed.destroy_process_group()
 
 
