@@ -75,7 +75,9 @@ def init_process_group(backend: str | None = None) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = backend or ("nccl" if device.type == "cuda" else "gloo")
-    dist.init_process_group(backend=backend)
+    # Binding the GPU forms the NCCL communicator at once, so a broken GPU setup fails here and not mid-training.
+    # NOTE: the test suite runs gloo on CPUs; this NCCL path is not covered by it.
+    dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     if dist.get_rank() > 0:
         logging.getLogger().setLevel(logging.WARNING)
     logger.info("Process group of %d processes (%s backend) initialised.", dist.get_world_size(), backend)
