@@ -233,9 +233,10 @@ def evaluation_sampler(dataset: Dataset) -> DistributedSampler:
 def gather_case_ids(case_ids: Sequence[str]) -> tuple[list[str], list[int]]:
     """Gather the case ids of every process, in rank order, as MONAI's metrics gather their per-case values.
 
-    Returns the gathered ids and the permutation that puts rank-order rows back in the order of the dataset,
-    given the assignment of :func:`evaluation_sampler` (case ``i`` goes to rank ``i mod N``): apply it to the ids
-    and to the rows of ``engine.state.metric_details`` alike. In one process: the ids and the identity.
+    Returns the gathered ids and the permutation that puts rank-order rows back in the order of the dataset. The
+    permutation follows the assignment of :func:`evaluation_sampler`, where case ``i`` goes to rank ``i mod N``.
+    Apply it to the ids and to the rows of ``engine.state.metric_details`` alike. In one process: the ids and the
+    identity.
     """
     if world_size() == 1:
         return list(case_ids), list(range(len(case_ids)))

@@ -145,7 +145,7 @@ def distributed_worker(rank: int, port: int, output_dir: str) -> None:
     results = {name: distributed_step(name, rank) for name in CASES}
     results["batch_dice_per_process"] = distributed_step("batch_dice", rank, pooled=False)
     torch.save(results, Path(output_dir) / f"rank{rank}.pt")
-    # The DDP wrappers are freed inside distributed_step, while every process still holds the group.
+    # The DDP wrappers are freed inside distributed_step, while every process is still in the group.
     distributed.destroy_process_group()
 
 
