@@ -1,8 +1,9 @@
 """Distributed training helpers.
 
 One DistributedDataParallel step over 2 CPU processes (gloo) must give the gradients of one process on the
-combined batch: for per-voxel and batch-pooled losses, trainable loss parameters and auxiliary heads. The
-rank-dependent helpers are also checked in a single process.
+combined batch. The cases: per-voxel and batch-pooled losses, trainable loss parameters, auxiliary heads, and
+every registered loss with ``batch`` false and true, with and without ignored voxels. The rank-dependent helpers
+are also checked in a single process.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch.multiprocessing.spawn import ProcessException
 from monai.handlers import CheckpointSaver, LrScheduleHandler, StatsHandler, ValidationHandler
 from torch import Tensor, nn
 
 import scripts.distributed as distributed
+from loss_cases import build, extra_inputs, make_labels, make_logits
 from scripts.engine import LossAdapter
-from scripts.losses import SegmentationInputs, SegmentationLoss, build_loss
+from scripts.losses import SegmentationInputs, SegmentationLoss, build_loss, list_losses
 from scripts.losses.distributed import gather_across_ranks, pool_across_ranks, sum_across_ranks
 from scripts.losses.pixel.cross_entropy import voxel_cross_entropy
 from scripts.tracking import MLflowTracker
@@ -30,6 +33,13 @@ WORLD_SIZE = 2
 BATCH_SIZE = 4  # 2 samples per process
 IGNORE = 255
 WORKER_TIMEOUT = 300  # seconds
+
+# Registered losses whose batch=True statistics stay per process under DDP, each with the reason. Every other loss
+# must pool the batches of all processes exactly (docs/losses.md, "Distributed training").
+NOT_POOLED_ACROSS_RANKS: dict[str, str] = {}
+NAMES = [spec.name for spec in list_losses()]
+REGISTRY_SHAPE = (BATCH_SIZE, 3, 8, 10, 6)
+REGISTRY_CASES = [(name, batch, ignore) for name in NAMES for batch in (False, True) for ignore in (False, True)]
 
 
 class TinyNetwork(nn.Module):
@@ -121,6 +131,34 @@ def single_process_gradients(name: str) -> dict[str, Tensor]:
     return gradients(module)
 
 
+def registry_gradients(name: str, batch: bool, ignore: bool, share: slice = slice(None)) -> dict[str, Tensor]:
+    """Return the gradients of a registered loss on the ``share`` of a batch, inside ``pool_across_ranks``.
+
+    The gradient with respect to the logits replaces the network's parameters here. DDP divides the parameter
+    gradients by the number of processes, so the caller divides the logits gradients likewise. ``ignore`` marks a
+    slab of the first sample as ignored, so that the processes hold different numbers of valid voxels.
+    """
+    logits = make_logits(REGISTRY_SHAPE, dtype=torch.float64)
+    labels = make_labels(REGISTRY_SHAPE, REGISTRY_SHAPE[1])
+    target = labels.clone()
+    options: dict = {"batch": batch}
+    if ignore:
+        target[0, :, :3] = IGNORE
+        options["ignore_index"] = IGNORE
+    loss = build(name, **options)
+    extra = {
+        key: value[share] if isinstance(value, Tensor) and value.shape[:1] == (BATCH_SIZE,) else value
+        for key, value in extra_inputs(name, logits, labels).items()
+    }
+    logits = logits[share].detach().requires_grad_()
+    with pool_across_ranks():
+        loss(logits, target[share], **extra).backward()
+    gradients = {"logits": logits.grad}
+    for parameter_name, parameter in loss.named_parameters():
+        gradients[parameter_name] = torch.zeros_like(parameter) if parameter.grad is None else parameter.grad
+    return gradients
+
+
 def distributed_step(name: str, rank: int, pooled: bool = True) -> dict[str, Tensor]:
     """Return this process's gradients after one DDP step on its half of the case's batch.
 
@@ -142,8 +180,16 @@ def distributed_worker(rank: int, port: int, output_dir: str) -> None:
     )
     torch.set_num_threads(1)
     distributed.init_process_group()
-    results = {name: distributed_step(name, rank) for name in CASES}
+    progress = Path(output_dir) / f"progress{rank}.txt"
+    results = {}
+    for name in CASES:
+        progress.write_text(name)
+        results[name] = distributed_step(name, rank)
     results["batch_dice_per_process"] = distributed_step("batch_dice", rank, pooled=False)
+    share = slice(rank * BATCH_SIZE // WORLD_SIZE, (rank + 1) * BATCH_SIZE // WORLD_SIZE)
+    for case in REGISTRY_CASES:
+        progress.write_text(f"registered loss {case[0]}, batch={case[1]}, ignore={case[2]}")
+        results[case] = registry_gradients(*case, share=share)
     torch.save(results, Path(output_dir) / f"rank{rank}.pt")
     # The DDP wrappers are freed inside distributed_step, while every process is still in the group.
     distributed.destroy_process_group()
@@ -163,11 +209,17 @@ def distributed_gradients(tmp_path_factory) -> list[dict[str, dict[str, Tensor]]
         distributed_worker, args=(free_port(), str(output_dir)), nprocs=WORLD_SIZE, join=False, start_method="fork"
     )
     deadline = time.monotonic() + WORKER_TIMEOUT
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the {WORLD_SIZE} DDP processes did not finish within {WORKER_TIMEOUT} s")
+    try:
+        while not context.join(timeout=1):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                raise TimeoutError(f"the {WORLD_SIZE} DDP processes did not finish within {WORKER_TIMEOUT} s")
+    except (TimeoutError, ProcessException) as error:
+        # A collective that only some processes reach hangs or aborts; the last case names the loss.
+        last_cases = [(output_dir / f"progress{rank}.txt") for rank in range(WORLD_SIZE)]
+        cases = [path.read_text() if path.exists() else "not started" for path in last_cases]
+        pytest.fail(f"{error}; last case per rank: {cases}")
     return [torch.load(output_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
@@ -183,6 +235,31 @@ def test_ddp_step_equals_single_process_on_combined_batch(distributed_gradients,
 
     for rank in range(WORLD_SIZE):
         assert_same_gradients(distributed_gradients[rank][name], expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ddp_step_of_registered_loss(distributed_gradients, name):
+    for batch in (False, True):
+        if batch and name in NOT_POOLED_ACROSS_RANKS:
+            continue
+        for ignore in (False, True):
+            expected = registry_gradients(name, batch, ignore)
+            parts = [distributed_gradients[rank][name, batch, ignore] for rank in range(WORLD_SIZE)]
+            case = f"{name} with batch={batch}, ignore={ignore}"
+
+            # DDP's average over the processes: each logits gradient and the loss parameters' gradients, over N.
+            logits_gradient = torch.cat([part["logits"] for part in parts]) / WORLD_SIZE
+            scale = expected["logits"].abs().max().item()
+            torch.testing.assert_close(
+                logits_gradient, expected["logits"], rtol=0.0, atol=1e-6 * scale, msg=f"logits gradient of {case}"
+            )
+            for parameter_name, gradient in expected.items():
+                if parameter_name == "logits":
+                    continue
+                average = sum(part[parameter_name] for part in parts) / WORLD_SIZE
+                torch.testing.assert_close(
+                    average, gradient, rtol=1e-6, atol=1e-9, msg=f"gradient of {parameter_name} of {case}"
+                )
 
 
 def test_ddp_batch_dice_without_pooling_differs(distributed_gradients):
