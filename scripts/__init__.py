@@ -18,6 +18,7 @@ _SUBMODULES = (
     "cli",
     "data",
     "distance_maps",
+    "distributed",
     "engine",
     "evaluation",
     "guards",

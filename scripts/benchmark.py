@@ -273,7 +273,15 @@ def time_entries(
 
 
 TABLE_HEADER = [
-    "loss", "family", "time (ms)", "x floor", "peak MiB", "x floor", "MONAI (ms)", "ours/MONAI", "max abs diff"
+    "loss",
+    "family",
+    "time (ms)",
+    "x floor",
+    "peak MiB",
+    "x floor",
+    "MONAI (ms)",
+    "ours/MONAI",
+    "max abs diff",
 ]
 
 
@@ -331,8 +339,10 @@ def _text_lines(title: str, cells: list[list[str]]) -> list[str]:
     lines = [title, "=" * len(title)]
     for index, row in enumerate(cells):
         # Names left-aligned, numbers right-aligned.
-        padded = [cell.ljust(width) if column < 2 else cell.rjust(width) for column, (cell, width) in
-                  enumerate(zip(row, widths))]
+        padded = [
+            cell.ljust(width) if column < 2 else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ]
         lines.append("  ".join(padded))
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))

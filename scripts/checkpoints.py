@@ -144,6 +144,8 @@ class TrainingCheckpoint:
             only a training with equal settings. Values are compared as JSON.
         resume: ``auto``, ``never`` or ``must``.
         interval: epochs between checkpoints.
+        write: whether this process writes the checkpoint. In a distributed training every process reads it to
+            resume, so that all start from the same state, and rank 0 alone writes it.
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class TrainingCheckpoint:
         settings: Mapping[str, Any] | None = None,
         resume: str = "auto",
         interval: int = 1,
+        write: bool = True,
     ) -> None:
         if resume not in RESUME_MODES:
             raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}.")
@@ -175,6 +178,7 @@ class TrainingCheckpoint:
         self.settings = _as_json(settings or {})
         self.resume = resume
         self.interval = int(interval)
+        self.write = bool(write)
         self.resumed_epoch: int | None = None
         self.last_saved_epoch: int | None = None
 
@@ -183,11 +187,17 @@ class TrainingCheckpoint:
         checkpoint = self._checkpoint_to_resume()
         if checkpoint is not None:
             self._restore(trainer, checkpoint)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every process has read the file before rank 0 may overwrite it when training starts.
+            torch.distributed.barrier()
         trainer.add_event_handler(Events.STARTED, self._register_saving)
 
     def save(self, engine: Engine) -> None:
-        """Write the training state of ``engine`` (the trainer) to the checkpoint file."""
+        """Write the training state of ``engine`` (the trainer) to the checkpoint file, unless ``write`` is off."""
         epoch = engine.state.epoch
+        if not self.write:
+            self.last_saved_epoch = epoch
+            return
         content: dict[str, Any] = {
             "version": CHECKPOINT_VERSION,
             "settings": json.dumps(self.settings, sort_keys=True),

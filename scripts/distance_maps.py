@@ -118,7 +118,9 @@ def has_face_neighbour(mask: Tensor, spatial_dims: int) -> Tensor:
     return found
 
 
-def signed_distance_map(mask: Tensor, spacing: Sequence[float] | None = None, spatial_dims: int | None = None) -> Tensor:
+def signed_distance_map(
+    mask: Tensor, spacing: Sequence[float] | None = None, spatial_dims: int | None = None
+) -> Tensor:
     """Return the signed distance map of ``mask``: positive outside, zero on the inner boundary, negative inside.
 
     Outside the object a voxel gets its distance to the nearest object voxel; inside, minus its distance to the
@@ -289,8 +291,6 @@ def _torch_transform(volumes: Tensor, spacing: tuple[float, ...]) -> Tensor:
         positions = torch.arange(size, device=volumes.device, dtype=torch.float32) * spacing[axis]
         parabola = (positions[:, None] - positions[None, :]) ** 2
         chunk = max(1, _BRUTE_FORCE_CHUNK_ELEMENTS // (size * size))
-        solved = torch.cat(
-            [(part.unsqueeze(1) + parabola).amin(dim=-1) for part in lines.split(chunk)], dim=0
-        )
+        solved = torch.cat([(part.unsqueeze(1) + parabola).amin(dim=-1) for part in lines.split(chunk)], dim=0)
         squared = solved.reshape(moved.shape).movedim(-1, axis + 1)
     return squared.sqrt()

@@ -17,6 +17,7 @@ from monai.utils import CommonKeys
 from torch import Tensor, nn
 
 from .losses import SegmentationLoss
+from .losses.distributed import pool_across_ranks
 
 LOGITS_KEY = "logits"
 
@@ -61,7 +62,9 @@ class LossAdapter(nn.Module):
 
     ``prediction`` is the logits tensor or a dict with a ``"logits"`` entry and head outputs; ``target`` is the
     label tensor or a dict from :class:`SegmentationPrepareBatch`. Being a module, the adapter exposes the loss's
-    trainable parameters (the robust T-loss's nu, for one) to the optimizer.
+    trainable parameters (the robust T-loss's nu, for one) to the optimizer. In distributed training the loss runs
+    inside :func:`~scripts.losses.distributed.pool_across_ranks`, so ``batch=True`` pools the batches of every
+    process; in one process this changes nothing.
     """
 
     def __init__(self, loss: SegmentationLoss) -> None:
@@ -91,7 +94,8 @@ class LossAdapter(nn.Module):
                 f"neither the network output nor the batch provides (available: {sorted(available)}). Train with "
                 "the loss's overlay configs/losses/<name>.yaml, which adds the transforms and network heads it needs."
             )
-        return self.loss(logits, label, **{name: available[name] for name in needed})
+        with pool_across_ranks():
+            return self.loss(logits, label, **{name: available[name] for name in needed})
 
 
 def trainable_parameters(network: nn.Module, loss: nn.Module) -> list[dict[str, Any]]:

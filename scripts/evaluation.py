@@ -18,6 +18,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from .data.datalist import case_id_from_path
+from .distributed import gather_case_ids, rank
 from .tracking import default_artifact_location, experiment_id, git_commit, log_params
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class CaseMetricsWriter:
     Files in ``output_dir``: ``cases.csv`` (one row per case: case id, then ``<metric>.<class>`` columns) and
     ``summary.json`` (per metric and class: mean, standard deviation, median, number of cases with a value and
     number without one, e.g. an HD95 that is undefined because the prediction misses the class).
+
+    In distributed evaluation the writer runs on every process. It gathers the case ids of all processes and puts
+    them and MONAI's gathered metric details back in the order of the dataset. Rank 0 alone writes the files and
+    the MLflow run, which then equal those of a single-process evaluation.
 
     Args:
         output_dir: folder for the two files.
@@ -99,8 +104,12 @@ class CaseMetricsWriter:
                 filenames = [filenames]
             self.case_ids.extend(case_id_from_path(name) for name in filenames)
 
-    def write(self, engine: Engine) -> dict[str, Any]:
-        """Write the files and the MLflow run; return the summary."""
+    def write(self, engine: Engine) -> dict[str, Any] | None:
+        """Write the files and the MLflow run; return the summary, or ``None`` on ranks other than 0."""
+        case_ids, order = gather_case_ids(self.case_ids)
+        self.case_ids = [case_ids[index] for index in order]
+        if rank() > 0:
+            return None
         tables = {}
         for prefix, metric_name in self.metrics.items():
             details = engine.state.metric_details.get(metric_name)
@@ -112,7 +121,7 @@ class CaseMetricsWriter:
                     f"{metric_name} details have shape {table.shape}, expected ({len(self.case_ids)} cases, "
                     f"{len(self.foreground)} classes)."
                 )
-            tables[prefix] = table
+            tables[prefix] = table[order]
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
         cases_path = self.output_dir / "cases.csv"
@@ -147,9 +156,11 @@ class CaseMetricsWriter:
             run = client.create_run(
                 experiment,
                 run_name=self.run_name,
-                tags={"evaluation": "true", "mlflow.source.git.commit": git_commit(), **{
-                    key: str(value) for key, value in self.params.items() if key in ("loss", "fold", "seed")
-                }},
+                tags={
+                    "evaluation": "true",
+                    "mlflow.source.git.commit": git_commit(),
+                    **{key: str(value) for key, value in self.params.items() if key in ("loss", "fold", "seed")},
+                },
             )
             run_id, artifact_path = run.info.run_id, None
         log_params(client, run_id, params)

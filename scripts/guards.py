@@ -11,6 +11,7 @@ from ignite.engine import Engine
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
+
 class NonFiniteLossError(FloatingPointError):
     """A training iteration produced a NaN or inf loss or network output."""
 
@@ -48,8 +49,11 @@ class NonFiniteLossGuard:
             if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not _all_finite(tensor):
                 bad = tensor.detach()[~torch.isfinite(tensor.detach())]
                 raise NonFiniteLossError(
-                    self._message(engine, f"the network output contains {bad.numel()} non-finite values "
-                                          f"({bad[0].item()} first) before the loss {self.loss_name!r}")
+                    self._message(
+                        engine,
+                        f"the network output contains {bad.numel()} non-finite values "
+                        f"({bad[0].item()} first) before the loss {self.loss_name!r}",
+                    )
                 )
 
     def check_loss(self, engine: Engine) -> None:

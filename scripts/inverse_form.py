@@ -116,7 +116,9 @@ class TilePairSampler:
         self.volumes = [F.pad(volume, (3 * tile_size // 2,) * 6) for volume in boundaries]
         self.boundary_voxels = [torch.nonzero(volume) for volume in self.volumes]
         if not any(len(voxels) for voxels in self.boundary_voxels):
-            raise ValueError("the labels have no boundary voxels (every case contains a single label); check the dataset.")
+            raise ValueError(
+                "the labels have no boundary voxels (every case contains a single label); check the dataset."
+            )
 
     def sample(self, count: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Return ``count`` moved tiles, reference tiles (each ``(count, 1, T, T, T)``) and targets ``(count, 12)``."""
@@ -158,8 +160,8 @@ def load_label_boundaries(dataset_dir: str | Path, max_cases: int | None = None)
     dataset_dir = Path(dataset_dir).expanduser().resolve()
     if not dataset_dir.is_dir():
         raise ValueError(
-            f"dataset_dir {dataset_dir} does not exist; pass the dataset folder that contains dataset.json, for example "
-            "a Medical Segmentation Decathlon task folder."
+            f"dataset_dir {dataset_dir} does not exist; pass the dataset folder that contains dataset.json, "
+            "for example a Medical Segmentation Decathlon task folder."
         )
     manifest = dataset_dir / "dataset.json"
     if not manifest.is_file():
@@ -227,8 +229,9 @@ def train(
         ValueError: for invalid options or a dataset folder that cannot be read (see
             :func:`load_label_boundaries`).
     """
-    _check_options(epochs, samples_per_epoch, batch_size, learning_rate, validation_fraction, validation_samples,
-                   max_cases)
+    _check_options(
+        epochs, samples_per_epoch, batch_size, learning_rate, validation_fraction, validation_samples, max_cases
+    )
     ranges = TransformRanges()
     ranges.validate()
     torch.manual_seed(seed)
@@ -275,8 +278,12 @@ def train(
         mlflow.log_params(params)
         initial = _validation_loss(net, validation_pairs)
         mlflow.log_metric("val_loss", initial, step=0)
-        logger.info("InverseForm inverse network: %d training and %d validation cases, validation loss %.5f "
-                    "before training.", len(training_cases), len(validation_cases), initial)
+        logger.info(
+            "InverseForm inverse network: %d training and %d validation cases, validation loss %.5f before training.",
+            len(training_cases),
+            len(validation_cases),
+            initial,
+        )
         for epoch in range(1, epochs + 1):
             started = time.perf_counter()
             net.train()
@@ -293,8 +300,14 @@ def train(
             history["train_loss"].append(train_loss)
             history["val_loss"].append(val_loss)
             mlflow.log_metrics({"train_loss": train_loss, "val_loss": val_loss}, step=epoch)
-            logger.info("epoch %d/%d: train loss %.5f, validation loss %.5f (%.1f s)", epoch, epochs, train_loss,
-                        val_loss, time.perf_counter() - started)
+            logger.info(
+                "epoch %d/%d: train loss %.5f, validation loss %.5f (%.1f s)",
+                epoch,
+                epochs,
+                train_loss,
+                val_loss,
+                time.perf_counter() - started,
+            )
 
         metadata = {"mlflow_run_id": run.info.run_id, "final_val_loss": history["val_loss"][-1], **params}
         save_inverse_form_net(net.eval(), checkpoint_path, metadata)
@@ -330,10 +343,15 @@ def _ensure_experiment(mlflow, name: str, tracking_uri: str) -> None:
     mlflow.set_experiment(name)
 
 
-def _check_options(epochs, samples_per_epoch, batch_size, learning_rate, validation_fraction, validation_samples,
-                   max_cases) -> None:
-    for name, value in (("epochs", epochs), ("samples_per_epoch", samples_per_epoch), ("batch_size", batch_size),
-                        ("validation_samples", validation_samples)):
+def _check_options(
+    epochs, samples_per_epoch, batch_size, learning_rate, validation_fraction, validation_samples, max_cases
+) -> None:
+    for name, value in (
+        ("epochs", epochs),
+        ("samples_per_epoch", samples_per_epoch),
+        ("batch_size", batch_size),
+        ("validation_samples", validation_samples),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if samples_per_epoch < batch_size:

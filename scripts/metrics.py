@@ -99,8 +99,10 @@ class CaseMetric(CumulativeIterationMetric):
     def _compute_tensor(self, y_pred: Tensor, y: Tensor, spacing: Sequence[float] | None = None) -> Tensor:
         """Return the ``(B, C - 1)`` values of one-hot ``y_pred`` and ``y``, shape ``(B, C, *spatial)``."""
         if y_pred.shape != y.shape or y_pred.ndim < 3:
-            raise ValueError(f"expected one-hot prediction and label of one shape (B, C, *spatial), got "
-                             f"{tuple(y_pred.shape)} and {tuple(y.shape)}.")
+            raise ValueError(
+                f"expected one-hot prediction and label of one shape (B, C, *spatial), got "
+                f"{tuple(y_pred.shape)} and {tuple(y.shape)}."
+            )
         spatial_dims = y.ndim - 2
         spacing = [1.0] * spatial_dims if spacing is None else [float(value) for value in spacing]
         predicted = y_pred[:, 1:].flatten(2).any(-1)
@@ -115,7 +117,10 @@ class CaseMetric(CumulativeIterationMetric):
 
         diagonal = math.sqrt(sum((size * step) ** 2 for size, step in zip(y.shape[2:], spacing)))
         worst, best = {
-            "dice": (0.0, 1.0), "surface_dice": (0.0, 1.0), "hd95": (diagonal, 0.0), "assd": (diagonal, 0.0)
+            "dice": (0.0, 1.0),
+            "surface_dice": (0.0, 1.0),
+            "hd95": (diagonal, 0.0),
+            "assd": (diagonal, 0.0),
         }[self.metric]
         values = torch.where(predicted != present, torch.full_like(values, worst), values)
         return torch.where(~predicted & ~present, torch.full_like(values, best), values)

@@ -14,6 +14,7 @@ logging an epoch twice.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -209,9 +210,7 @@ class MLflowTracker:
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
         self.run_name = run_name or self._default_run_name()
         self.requested_tracking_uri = requested_tracking_uri or tracking_uri
-        # Run creation and lookups go straight to MLflow; what the run logs afterwards goes through the buffer.
-        self.mlflow_client = MlflowClient(tracking_uri=tracking_uri)
-        self.client = BufferedClient(tracking_uri, self.output_dir / UNSENT_FILE, retry_interval, self.mlflow_client)
+        self.retry_interval = retry_interval
         self.run_id: str | None = None
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._resume: dict[str, Any] | None = None
@@ -219,6 +218,19 @@ class MLflowTracker:
         self._epoch_losses: list[float] = []
         self._epoch_learning_rate = float("nan")
         self._trainer: Engine | None = None
+
+    # Both clients are created on first use: creating one creates a SQLite database's tables, so a tracker that is
+    # built but never attached (on the ranks other than 0 of a distributed run) must not touch the store.
+
+    @functools.cached_property
+    def mlflow_client(self) -> MlflowClient:
+        """The MLflow client for run creation and lookups, which go straight to MLflow."""
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    @functools.cached_property
+    def client(self) -> BufferedClient:
+        """The client for what the run logs after its creation, buffered through tracking-server outages."""
+        return BufferedClient(self.tracking_uri, self.output_dir / UNSENT_FILE, self.retry_interval, self.mlflow_client)
 
     def attach(self, trainer: Engine) -> None:
         """Register the handlers on the trainer and, when given, on the evaluator."""
@@ -269,7 +281,10 @@ class MLflowTracker:
         run = self.mlflow_client.create_run(experiment_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
         logger.info(
-            "MLflow run %s (%s) in experiment %r at %s.", self.run_name, self.run_id, self.experiment_name,
+            "MLflow run %s (%s) in experiment %r at %s.",
+            self.run_name,
+            self.run_id,
+            self.experiment_name,
             self.tracking_uri,
         )
         self._log_params({**description, **self._run_params(engine), "git_commit": commit})
@@ -488,7 +503,6 @@ class MLflowTracker:
         fold = self.params.get("fold", "x")
         seed = self.params.get("seed", "x")
         return f"{name}-fold{fold}-seed{seed}"
-
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:

@@ -111,7 +111,9 @@ class BufferedClient:
         for record in read_unsent(self.unsent_path):
             (self.pending if record.get("tracking_uri") == tracking_uri else self.other_uris).append(record)
         if self.pending:
-            logger.info("%d MLflow calls of an earlier training are waiting in %s.", len(self.pending), self.unsent_path)
+            logger.info(
+                "%d MLflow calls of an earlier training are waiting in %s.", len(self.pending), self.unsent_path
+            )
 
     # The MlflowClient methods the tracker uses after creating its run.
 
@@ -122,13 +124,15 @@ class BufferedClient:
         params: Sequence[Param] = (),
         tags: Sequence[RunTag] = (),
     ) -> None:
-        self.submit({
-            "method": "log_batch",
-            "run_id": run_id,
-            "metrics": [[metric.key, metric.value, metric.timestamp, metric.step] for metric in metrics],
-            "params": [[param.key, param.value] for param in params],
-            "tags": [[tag.key, tag.value] for tag in tags],
-        })
+        self.submit(
+            {
+                "method": "log_batch",
+                "run_id": run_id,
+                "metrics": [[metric.key, metric.value, metric.timestamp, metric.step] for metric in metrics],
+                "params": [[param.key, param.value] for param in params],
+                "tags": [[tag.key, tag.value] for tag in tags],
+            }
+        )
 
     def set_tag(self, run_id: str, key: str, value: Any) -> None:
         self.submit({"method": "set_tag", "run_id": run_id, "key": key, "value": str(value)})
@@ -139,12 +143,14 @@ class BufferedClient:
         self.submit({"method": "set_terminated", "run_id": run_id, "status": status, "end_time": end_time})
 
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
-        self.submit({
-            "method": "log_artifact",
-            "run_id": run_id,
-            "local_path": str(Path(local_path).resolve()),
-            "artifact_path": artifact_path,
-        })
+        self.submit(
+            {
+                "method": "log_artifact",
+                "run_id": run_id,
+                "local_path": str(Path(local_path).resolve()),
+                "artifact_path": artifact_path,
+            }
+        )
 
     # Queue.
 

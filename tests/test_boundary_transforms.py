@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-
 from real_data import first_label_path
 
 from scripts.transforms.boundary import (

@@ -83,8 +83,9 @@ def test_distances_use_spacing():
     prediction = labels_with({1: CUBE_1_SHIFTED, 2: CUBE_2})
     reference_hd = compute_hausdorff_distance(one_hot(prediction), one_hot(label), percentile=95.0, spacing=SPACING)
     unit_hd = compute_hausdorff_distance(one_hot(prediction), one_hot(label), percentile=95.0)
-    reference_assd = compute_average_surface_distance(one_hot(prediction), one_hot(label), symmetric=True,
-                                                      spacing=SPACING)
+    reference_assd = compute_average_surface_distance(
+        one_hot(prediction), one_hot(label), symmetric=True, spacing=SPACING
+    )
 
     assert values("hd95", prediction, label) == pytest.approx(reference_hd[0].tolist())
     assert values("assd", prediction, label) == pytest.approx(reference_assd[0].tolist())

@@ -145,7 +145,9 @@ def test_split_of_real_data_is_stable(dataset_dir):
 EXPECTED_FOLD_0_START = ["hippocampus_019", "hippocampus_094", "hippocampus_327"]
 
 
-@pytest.mark.parametrize(("fold", "num_folds", "message"), [(5, 5, "fold must lie"), (-1, 5, "fold must"), (0, 1, "at least 2")])
+@pytest.mark.parametrize(
+    ("fold", "num_folds", "message"), [(5, 5, "fold must lie"), (-1, 5, "fold must"), (0, 1, "at least 2")]
+)
 def test_split_rejects_bad_folds(fold, num_folds, message):
     cases = [{"case_id": f"case_{index}"} for index in range(10)]
     with pytest.raises(ValueError, match=message):

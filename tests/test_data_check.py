@@ -14,8 +14,8 @@ import pytest
 from training_runs import copy_cases, run_training, sqlite_uri, training_runs
 
 from scripts import BUNDLE_ROOT
-from scripts.data import check_dataset, fold_split, load_datalist, prepare_split
 from scripts.data import check as check_module
+from scripts.data import check_dataset, fold_split, load_datalist, prepare_split
 
 NUM_CASES = 208
 
@@ -297,8 +297,16 @@ def test_training_skips_broken_cases_and_logs_them(dataset_dir, tmp_path):
     output_dir = tmp_path / "outputs"
 
     result = run_training(
-        task, output_dir, "--skip_broken_cases", "true", "--max_cases", "20", "--max_epochs", "1",
-        "--val_interval", "1",
+        task,
+        output_dir,
+        "--skip_broken_cases",
+        "true",
+        "--max_cases",
+        "20",
+        "--max_epochs",
+        "1",
+        "--val_interval",
+        "1",
     )
     client, runs = training_runs(sqlite_uri(output_dir))
     run = runs[0]

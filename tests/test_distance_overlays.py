@@ -17,8 +17,15 @@ from monai.data import MetaTensor
 from scripts import BUNDLE_ROOT
 from scripts.losses.extra_inputs import example_extra_inputs
 
-OVERLAYS = ["boundary", "boundary_dou", "distance_map_ce", "generalized_dice", "hausdorff", "region_wise",
-            "weighted_sum"]
+OVERLAYS = [
+    "boundary",
+    "boundary_dou",
+    "distance_map_ce",
+    "generalized_dice",
+    "hausdorff",
+    "region_wise",
+    "weighted_sum",
+]
 HOOK_DEFAULTS = {
     "num_classes": 3,
     "patch_size": [12, 10, 8],

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from loss_cases import INVERSE_FORM_TEST_CHECKPOINT
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-
-from loss_cases import INVERSE_FORM_TEST_CHECKPOINT
 from real_data import first_label_path
+
 from scripts import BUNDLE_ROOT
 from scripts.losses.boundary.inverse_form import resolve_checkpoint
 

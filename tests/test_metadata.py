@@ -16,8 +16,17 @@ METADATA = json.loads((Path(BUNDLE_ROOT) / "metadata.json").read_text())
 VERSION = re.compile(r"^\d+\.\d+(\.\d+)?")
 
 REQUIRED = [
-    "version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
-    "task", "description", "authors", "copyright", "network_data_format",
+    "version",
+    "changelog",
+    "monai_version",
+    "pytorch_version",
+    "numpy_version",
+    "required_packages_version",
+    "task",
+    "description",
+    "authors",
+    "copyright",
+    "network_data_format",
 ]
 
 

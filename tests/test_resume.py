@@ -1,4 +1,5 @@
-"""Interrupted trainings: atomic checkpoints, resuming after kill -9 into the same MLflow run, and when not to resume."""
+"""Interrupted trainings: atomic checkpoints, resuming after kill -9 into the same MLflow run, and when not to
+resume."""
 
 from __future__ import annotations
 

@@ -24,15 +24,30 @@ from scripts.study.store import HEARTBEAT, HOST, KEY, LOSS, NAME, OUTCOME, PID, 
 pytestmark = pytest.mark.training
 
 EXPERIMENT = "seglosses-study"
-TINY = ["--seeds", "0", "--folds", "0", "--max_epochs", "1", "--val_interval", "1", "--max_cases", "3",
-        "--overrides", json.dumps({"patch_size": [24, 32, 24]})]
+TINY = [
+    "--seeds",
+    "0",
+    "--folds",
+    "0",
+    "--max_epochs",
+    "1",
+    "--val_interval",
+    "1",
+    "--max_cases",
+    "3",
+    "--overrides",
+    json.dumps({"patch_size": [24, 32, 24]}),
+]
 
 
 def study(*arguments: str) -> subprocess.CompletedProcess:
     """Run the study's command line from the bundle root, as the README shows it."""
     result = subprocess.run(
         [sys.executable, "-m", "scripts.study", "run", *arguments],
-        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=1800,
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     if result.returncode != 0:
         raise AssertionError(f"study failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
@@ -46,30 +61,56 @@ def client_for(output_dir: Path) -> MlflowClient:
 def study_runs(output_dir: Path, role: str) -> list:
     client = client_for(output_dir)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`{ROLE}` = '{role}'",
-                              order_by=["attributes.start_time ASC"])
+    return client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{ROLE}` = '{role}'", order_by=["attributes.start_time ASC"]
+    )
 
 
 @pytest.fixture(scope="module")
 def finished(dataset_dir, tmp_path_factory):
     """Run the tiny study, after planting an interrupted attempt of the dice run in its MLflow store."""
     output_dir = tmp_path_factory.mktemp("tiny") / "study"
-    arguments = ["--losses", "cross_entropy,dice", *TINY, "--study_name", "tiny", "--dataset_dir", str(dataset_dir),
-                 "--output_dir", str(output_dir)]
+    arguments = [
+        "--losses",
+        "cross_entropy,dice",
+        *TINY,
+        "--study_name",
+        "tiny",
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(output_dir),
+    ]
 
-    settings = StudySettings.create(losses="cross_entropy,dice", seeds=0, folds=0, max_epochs=1, val_interval=1,
-                                    max_cases=3, overrides={"patch_size": [24, 32, 24]}, dataset_dir=dataset_dir,
-                                    study_name="tiny")
+    settings = StudySettings.create(
+        losses="cross_entropy,dice",
+        seeds=0,
+        folds=0,
+        max_epochs=1,
+        val_interval=1,
+        max_cases=3,
+        overrides={"patch_size": [24, 32, 24]},
+        dataset_dir=dataset_dir,
+        study_name="tiny",
+    )
     store = StudyStore(f"sqlite:///{output_dir / 'mlflow.db'}", EXPERIMENT, "tiny")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = store.client.create_run(store.experiment_id, run_name="dice-fold0-seed0", tags={
-        NAME: "tiny", ROLE: "child", KEY: settings.settings_key(RunSpec("dice", 0, 0)), LOSS: "dice",
-        HOST: store.host, PID: dead.stdout.strip(), HEARTBEAT: f"{time.time():.0f}",
-    })
+    stale = store.client.create_run(
+        store.experiment_id,
+        run_name="dice-fold0-seed0",
+        tags={
+            NAME: "tiny",
+            ROLE: "child",
+            KEY: settings.settings_key(RunSpec("dice", 0, 0)),
+            LOSS: "dice",
+            HOST: store.host,
+            PID: dead.stdout.strip(),
+            HEARTBEAT: f"{time.time():.0f}",
+        },
+    )
 
     first = study(*arguments)
-    return {"output_dir": output_dir, "arguments": arguments, "first": first,
-            "stale_id": stale.info.run_id}
+    return {"output_dir": output_dir, "arguments": arguments, "first": first, "stale_id": stale.info.run_id}
 
 
 def test_child_runs_have_tags_and_params(finished):
@@ -94,8 +135,13 @@ def test_child_runs_have_tags_and_params(finished):
         assert params["num_training"] == "3"
         assert params["eval.num_cases"] == "3"
         assert params["eval.surface_tolerance_mm"] == "1.0"
-        for metric in ("val_mean_dice", "eval_dice.mean", "eval_hd95.Anterior", "eval_surface_dice.Posterior",
-                       "eval_assd.mean"):
+        for metric in (
+            "val_mean_dice",
+            "eval_dice.mean",
+            "eval_hd95.Anterior",
+            "eval_surface_dice.Posterior",
+            "eval_assd.mean",
+        ):
             assert metric in run.data.metrics, metric
 
 
@@ -115,8 +161,11 @@ def test_child_runs_hold_evaluation_and_logs(finished):
 
 def test_interrupted_attempt_is_killed_and_rerun(finished):
     stale = client_for(finished["output_dir"]).get_run(finished["stale_id"])
-    dice = [run for run in study_runs(finished["output_dir"], "child")
-            if run.info.run_name == "dice-fold0-seed0" and run.info.run_id != finished["stale_id"]]
+    dice = [
+        run
+        for run in study_runs(finished["output_dir"], "child")
+        if run.info.run_name == "dice-fold0-seed0" and run.info.run_id != finished["stale_id"]
+    ]
 
     assert stale.info.status == "KILLED"
     assert stale.data.tags[OUTCOME] == "interrupted"
@@ -148,8 +197,14 @@ def test_report_and_case_table(finished):
         assert float(row["hd95"]) >= 0.0
         assert float(row["assd"]) >= 0.0
         assert row["empty_prediction"] in ("0", "1")
-    for heading in ("## Setup", "## What this budget can and cannot support", "### pixel", "### region",
-                    "## Paired tests against `cross_entropy`", "## Per class"):
+    for heading in (
+        "## Setup",
+        "## What this budget can and cannot support",
+        "### pixel",
+        "### region",
+        "## Paired tests against `cross_entropy`",
+        "## Per class",
+    ):
         assert heading in text, heading
     assert "python -m scripts.study run --preset quick --losses cross_entropy,dice" in text
     assert "2 runs: 2 finished, 0 failed" in text
@@ -165,8 +220,11 @@ def test_parent_run_holds_report(finished):
 
     assert parent.info.status == "FINISHED"
     assert "report/results.md" in report
-    assert {"report/results/cases.csv", "report/results/dice_boxplot.png",
-            "report/results/validation_curves.png"} <= files
+    assert {
+        "report/results/cases.csv",
+        "report/results/dice_boxplot.png",
+        "report/results/validation_curves.png",
+    } <= files
 
 
 def test_rerun_does_no_work(finished):
@@ -184,9 +242,22 @@ def test_rerun_does_no_work(finished):
 
 def test_report_command_rewrites_report(finished, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.study", "report", "--study_name", "tiny", "--output_dir",
-         str(finished["output_dir"]), "--report_dir", str(tmp_path / "again")],
-        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "scripts.study",
+            "report",
+            "--study_name",
+            "tiny",
+            "--output_dir",
+            str(finished["output_dir"]),
+            "--report_dir",
+            str(tmp_path / "again"),
+        ],
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     text = (tmp_path / "again" / "results.md").read_text()
     with (tmp_path / "again" / "results" / "cases.csv").open() as stream:
@@ -214,12 +285,31 @@ def processes_with(text: str) -> list[int]:
 def test_sigterm_stops_training_and_marks_run(dataset_dir, tmp_path):
     output_dir = tmp_path / "study"
     train_log = output_dir / "runs" / "dice-fold0-seed0" / "train.log"
-    arguments = ["--losses", "dice", "--max_epochs", "500", "--val_interval", "100", "--max_cases", "2",
-                 "--overrides", json.dumps({"patch_size": [24, 32, 24]}), "--study_name", "stopped",
-                 "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir)]
+    arguments = [
+        "--losses",
+        "dice",
+        "--max_epochs",
+        "500",
+        "--val_interval",
+        "100",
+        "--max_cases",
+        "2",
+        "--overrides",
+        json.dumps({"patch_size": [24, 32, 24]}),
+        "--study_name",
+        "stopped",
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(output_dir),
+    ]
     with (tmp_path / "study.log").open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "scripts.study", "run", *arguments], cwd=BUNDLE_ROOT,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scripts.study", "run", *arguments],
+            cwd=BUNDLE_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 600
         while not (train_log.is_file() and "MLflow run" in train_log.read_text(errors="replace")):
             assert process.poll() is None, (tmp_path / "study.log").read_text()[-3000:]
@@ -243,14 +333,25 @@ def test_failing_runs_are_recorded_and_study_finishes(dataset_dir, tmp_path):
     overlays.mkdir()
     # Fails in the first training step: one class weight for three classes.
     (overlays / "bad_weights.yaml").write_text(
-        "loss:\n  _target_: scripts.losses.build_loss\n  name: dice\n  class_weights: [1.0]\n")
+        "loss:\n  _target_: scripts.losses.build_loss\n  name: dice\n  class_weights: [1.0]\n"
+    )
     # Fails while the config is built, before the training creates its MLflow run.
     (overlays / "bad_option.yaml").write_text(
-        "loss:\n  _target_: scripts.losses.build_loss\n  name: dice\n  no_such_option: 1\n")
+        "loss:\n  _target_: scripts.losses.build_loss\n  name: dice\n  no_such_option: 1\n"
+    )
     output_dir = tmp_path / "study"
 
-    result = study("--overlay_dir", str(overlays), *TINY, "--study_name", "failing", "--dataset_dir",
-                   str(dataset_dir), "--output_dir", str(output_dir))
+    result = study(
+        "--overlay_dir",
+        str(overlays),
+        *TINY,
+        "--study_name",
+        "failing",
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(output_dir),
+    )
     children = {run.info.run_name: run for run in study_runs(output_dir, "child")}
     (parent,) = study_runs(output_dir, "parent")
 
@@ -267,7 +368,16 @@ def test_failing_runs_are_recorded_and_study_finishes(dataset_dir, tmp_path):
     assert "0 runs finished, 2 failed" in result.stdout
     assert "## Failed runs" in (output_dir / "report" / "results.md").read_text()
 
-    again = study("--overlay_dir", str(overlays), *TINY, "--study_name", "failing", "--dataset_dir",
-                  str(dataset_dir), "--output_dir", str(output_dir))
+    again = study(
+        "--overlay_dir",
+        str(overlays),
+        *TINY,
+        "--study_name",
+        "failing",
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(output_dir),
+    )
     assert again.stderr.count("skipped: failed earlier") == 2
     assert len(study_runs(output_dir, "child")) == 2

@@ -104,8 +104,9 @@ def test_settings_key_stable_and_sensitive(task_dir, tmp_path):
     overlays = tmp_path / "overlays"
     shutil.copytree(OVERLAYS, overlays)
     assert key == settings(task_dir, overlay_dir=overlays).settings_key(spec)
-    (overlays / "dice.yaml").write_text((overlays / "dice.yaml").read_text().replace("squared_pred: true",
-                                                                                      "squared_pred: false"))
+    (overlays / "dice.yaml").write_text(
+        (overlays / "dice.yaml").read_text().replace("squared_pred: true", "squared_pred: false")
+    )
     assert key != settings(task_dir, overlay_dir=overlays).settings_key(spec)
 
 
@@ -125,7 +126,9 @@ def test_settings_json_round_trip(task_dir):
 
 
 def test_unknown_loss_lists_overlays(task_dir):
-    with pytest.raises(ValueError, match="unknown loss 'nosuch'.*Losses with an overlay: .*combo, .*cross_entropy, .*dice"):
+    with pytest.raises(
+        ValueError, match="unknown loss 'nosuch'.*Losses with an overlay: .*combo, .*cross_entropy, .*dice"
+    ):
         settings(task_dir, losses="dice,nosuch")
 
 
@@ -136,16 +139,19 @@ def test_overlay_of_unregistered_loss_raises(task_dir, tmp_path):
         settings(task_dir, losses="mine", overlay_dir=tmp_path)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"preset": "huge"}, "unknown preset 'huge'"),
-    ({"seeds": "a,b"}, "seeds must be integers"),
-    ({"seeds": "0,0"}, "seeds must list distinct integers"),
-    ({"folds": 5}, r"folds must lie in \[0, 4\]"),
-    ({"max_epochs": 0}, "max_epochs must be an integer >= 1, got 0"),
-    ({"reference": "combo"}, "reference loss 'combo' is not among"),
-    ({"overrides": {"seed": 3}}, "overrides may not set seed"),
-    ({"losses": "dice,dice"}, "named twice"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"preset": "huge"}, "unknown preset 'huge'"),
+        ({"seeds": "a,b"}, "seeds must be integers"),
+        ({"seeds": "0,0"}, "seeds must list distinct integers"),
+        ({"folds": 5}, r"folds must lie in \[0, 4\]"),
+        ({"max_epochs": 0}, "max_epochs must be an integer >= 1, got 0"),
+        ({"reference": "combo"}, "reference loss 'combo' is not among"),
+        ({"overrides": {"seed": 3}}, "overrides may not set seed"),
+        ({"losses": "dice,dice"}, "named twice"),
+    ],
+)
 def test_invalid_options_raise(task_dir, options, message):
     with pytest.raises(ValueError, match=message):
         settings(task_dir, **options)
@@ -164,10 +170,22 @@ def store(tmp_path) -> StudyStore:
     return StudyStore(f"sqlite:///{tmp_path / 'mlflow.db'}", "study-test", "s1")
 
 
-def recorded_run(store: StudyStore, status: str, outcome: str | None = None, host: str | None = None,
-                 pid: int | None = None, heartbeat: float | None = None):
-    tags = {NAME: "s1", ROLE: "child", KEY: "k", HOST: host or store.host, PID: str(pid or os.getpid()),
-            HEARTBEAT: f"{heartbeat if heartbeat is not None else time.time():.0f}"}
+def recorded_run(
+    store: StudyStore,
+    status: str,
+    outcome: str | None = None,
+    host: str | None = None,
+    pid: int | None = None,
+    heartbeat: float | None = None,
+):
+    tags = {
+        NAME: "s1",
+        ROLE: "child",
+        KEY: "k",
+        HOST: host or store.host,
+        PID: str(pid or os.getpid()),
+        HEARTBEAT: f"{heartbeat if heartbeat is not None else time.time():.0f}",
+    }
     if outcome:
         tags[OUTCOME] = outcome
     run = store.client.create_run(store.experiment_id, tags=tags)
@@ -255,12 +273,15 @@ def test_unreachable_tracking_server_names_uri():
         check_tracking_uri(f"http://127.0.0.1:{port}", timeout=2.0)
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--losses", "dice,nosuch"], "error: unknown loss 'nosuch'"),
-    (["--shard", "3/2"], "error: invalid shard '3/2'"),
-    (["--dataset_dir", "{missing}"], "not found. Download the task"),
-    (["--tracking_uri", "http://127.0.0.1:{port}"], "is unreachable"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--losses", "dice,nosuch"], "error: unknown loss 'nosuch'"),
+        (["--shard", "3/2"], "error: invalid shard '3/2'"),
+        (["--dataset_dir", "{missing}"], "not found. Download the task"),
+        (["--tracking_uri", "http://127.0.0.1:{port}"], "is unreachable"),
+    ],
+)
 def test_command_line_rejects_bad_input(task_dir, tmp_path, arguments, message):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -270,7 +291,10 @@ def test_command_line_rejects_bad_input(task_dir, tmp_path, arguments, message):
         arguments += ["--dataset_dir", str(task_dir)]
     result = subprocess.run(
         [sys.executable, "-m", "scripts.study", "run", "--output_dir", str(tmp_path / "out"), *arguments],
-        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
     assert result.returncode == 1

@@ -40,8 +40,16 @@ def table() -> list[dict]:
             for seed, seed_offset in ((0, -0.05), (1, 0.05)):
                 for name, class_offset in (("left", -0.1), ("right", 0.1)):
                     value = case_value(loss, case) + seed_offset + class_offset
-                    rows.append({"loss": loss, "seed": seed, "case_id": f"case_{case}", "class": name,
-                                 "dice": value, "hd95": value})
+                    rows.append(
+                        {
+                            "loss": loss,
+                            "seed": seed,
+                            "case_id": f"case_{case}",
+                            "class": name,
+                            "dice": value,
+                            "hd95": value,
+                        }
+                    )
     return rows
 
 

@@ -60,12 +60,18 @@ class MlflowServer:
         log = (self.directory / "server.log").open("a")
         self.process = subprocess.Popen(
             [
-                str(Path(sys.executable).parent / "mlflow"), "server",
-                "--backend-store-uri", f"sqlite:///{self.directory / 'server.db'}",
-                "--artifacts-destination", str(self.directory / "artifacts"),
-                "--host", "127.0.0.1",
-                "--port", str(self.port),
-                "--workers", "1",
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.directory / 'server.db'}",
+                "--artifacts-destination",
+                str(self.directory / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -125,8 +131,16 @@ def test_fallback_trains_into_local_store_and_says_so(dataset_dir, tmp_path):
     output_dir = tmp_path / "outputs"
 
     result = run_training(
-        dataset_dir, output_dir, "--max_epochs", "1", "--val_interval", "1", "--tracking_uri", uri,
-        "--tracking_fallback", "true",
+        dataset_dir,
+        output_dir,
+        "--max_epochs",
+        "1",
+        "--val_interval",
+        "1",
+        "--tracking_uri",
+        uri,
+        "--tracking_fallback",
+        "true",
     )
     client, runs = training_runs(sqlite_uri(output_dir))
 
@@ -145,7 +159,16 @@ def test_server_stopped_during_training_loses_nothing(dataset_dir, tmp_path, run
     server = running_server
     output_dir = tmp_path / "outputs"
     log_path = tmp_path / "training.log"
-    options = ["--max_epochs", "3", "--val_interval", "1", "--tracking_uri", server.uri, "--tracker#retry_interval", "5"]
+    options = [
+        "--max_epochs",
+        "3",
+        "--val_interval",
+        "1",
+        "--tracking_uri",
+        server.uri,
+        "--tracker#retry_interval",
+        "5",
+    ]
 
     process = start_training(dataset_dir, output_dir, log_path, *options)
     try:
@@ -211,7 +234,9 @@ def test_buffered_client_sends_kept_calls_when_server_returns(running_server, tm
     assert sum("responds again; sent the 3 calls kept during the outage" in message for message in messages) == 1
     assert not unsent.exists()
     assert sorted((metric.step, metric.value) for metric in client.get_metric_history(run_id, "loss")) == [
-        (1, 1.0), (2, 2.0), (3, 3.0)
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
     ]
 
 
@@ -222,13 +247,27 @@ def test_buffered_client_sends_calls_left_by_earlier_process(running_server, tmp
     run_id = client.create_run(experiment.experiment_id).info.run_id
     unsent = tmp_path / UNSENT_FILE
     elsewhere = {"tracking_uri": "http://127.0.0.1:1", "method": "set_tag", "run_id": "x", "key": "k", "value": "v"}
-    write_unsent(unsent, [
-        elsewhere,
-        {"tracking_uri": server.uri, "method": "log_batch", "run_id": run_id,
-         "metrics": [["loss", 0.5, 1000, 1]], "params": [["fold", "0"]], "tags": []},
-        {"tracking_uri": server.uri, "method": "set_terminated", "run_id": run_id, "status": "FAILED",
-         "end_time": 2000},
-    ])
+    write_unsent(
+        unsent,
+        [
+            elsewhere,
+            {
+                "tracking_uri": server.uri,
+                "method": "log_batch",
+                "run_id": run_id,
+                "metrics": [["loss", 0.5, 1000, 1]],
+                "params": [["fold", "0"]],
+                "tags": [],
+            },
+            {
+                "tracking_uri": server.uri,
+                "method": "set_terminated",
+                "run_id": run_id,
+                "status": "FAILED",
+                "end_time": 2000,
+            },
+        ],
+    )
 
     sent = BufferedClient(server.uri, unsent).flush()
     run = client.get_run(run_id)

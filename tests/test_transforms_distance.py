@@ -80,8 +80,11 @@ def test_distance_map_3d_multiclass_matches_the_map_functions():
     spacing = (1.5, 1.0, 2.0)
     masks = torch.stack([label[0] == k for k in range(3)])
 
-    for kind, function in (("signed", signed_distance_map), ("region_wise", region_wise_map),
-                           ("inverted", inverted_distance_map)):
+    for kind, function in (
+        ("signed", signed_distance_map),
+        ("region_wise", region_wise_map),
+        ("inverted", inverted_distance_map),
+    ):
         maps = class_distance_maps(label, 3, kind, spacing=spacing)
         torch.testing.assert_close(maps, function(masks, spacing))
 
@@ -176,10 +179,12 @@ def test_distance_map_of_a_real_hippocampus_label(hippocampus_label):
 
 def test_distance_map_follows_a_spacing_change(hippocampus_label):
     # After resampling to 2 mm along the first axis the map must use the new spacing, read from the affine.
-    chain = Compose([
-        Spacingd(keys="label", pixdim=(2.0, 1.0, 1.0), mode="nearest"),
-        DistanceMapd("label", num_classes=3, kind="boundary"),
-    ])
+    chain = Compose(
+        [
+            Spacingd(keys="label", pixdim=(2.0, 1.0, 1.0), mode="nearest"),
+            DistanceMapd("label", num_classes=3, kind="boundary"),
+        ]
+    )
 
     sample = chain(dict(hippocampus_label))
     label = sample["label"]

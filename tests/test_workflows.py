@@ -36,7 +36,9 @@ def run_bundle(*args: str, cwd: Path, command: str = "run", check: bool = True) 
         timeout=1200,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"monai.bundle {command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"monai.bundle {command} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
@@ -57,12 +59,18 @@ def trained(dataset_dir, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("elsewhere")
     output_dir = workdir / "outputs"
     run_bundle(
-        "--config_file", str(CONFIGS / "train.yaml"),
-        "--meta_file", META,
-        "--logging_file", str(CONFIGS / "logging.conf"),
-        "--dataset_dir", str(dataset_dir),
-        "--output_dir", str(output_dir),
-        "--ckpt_dir", str(output_dir / "models"),
+        "--config_file",
+        str(CONFIGS / "train.yaml"),
+        "--meta_file",
+        META,
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(output_dir),
+        "--ckpt_dir",
+        str(output_dir / "models"),
         *SMOKE,
         cwd=workdir,
     )
@@ -118,8 +126,16 @@ def test_training_run_has_metrics_per_epoch(trained):
     client, found = runs(trained)
     run_id = found[0].info.run_id
 
-    for key in ("train_loss", "learning_rate", "val_mean_dice", "val_hd95", "val_dice.Anterior",
-                "val_dice.Posterior", "val_hd95.Anterior", "val_hd95.Posterior"):
+    for key in (
+        "train_loss",
+        "learning_rate",
+        "val_mean_dice",
+        "val_hd95",
+        "val_dice.Anterior",
+        "val_dice.Posterior",
+        "val_hd95.Anterior",
+        "val_hd95.Posterior",
+    ):
         history = client.get_metric_history(run_id, key)
         assert [metric.step for metric in history] == [1, 2], f"{key}: steps {[m.step for m in history]}"
         assert all(np.isfinite(metric.value) for metric in history), key
@@ -140,11 +156,16 @@ def test_training_run_has_artifacts(trained):
 
 def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
     run_bundle(
-        "--config_file", json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")]),
-        "--meta_file", META,
-        "--dataset_dir", str(dataset_dir),
-        "--output_dir", str(trained),
-        "--ckpt_dir", str(trained / "models"),
+        "--config_file",
+        json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")]),
+        "--meta_file",
+        META,
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(trained),
+        "--ckpt_dir",
+        str(trained / "models"),
         *SMOKE,
         cwd=trained,
     )
@@ -154,23 +175,34 @@ def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
     split = json.loads((trained / "split.json").read_text())
 
     assert [row["case_id"] for row in rows] == [case["case_id"] for case in split["validation"]]
-    assert set(rows[0]) == {"case_id"} | {f"{metric}.{name}" for metric in (
-        "dice", "hd95", "surface_dice", "assd", "empty_prediction") for name in ("Anterior", "Posterior")}
+    assert set(rows[0]) == {"case_id"} | {
+        f"{metric}.{name}"
+        for metric in ("dice", "hd95", "surface_dice", "assd", "empty_prediction")
+        for name in ("Anterior", "Posterior")
+    }
     assert 0.0 <= summary["dice"]["mean"]["mean"] <= 1.0
     client, found = runs(trained)
     evaluation = [run for run in found if run.data.tags.get("evaluation") == "true"]
     assert len(evaluation) == 1
     assert "eval_dice.Anterior" in evaluation[0].data.metrics
-    assert {artifact.path for artifact in client.list_artifacts(evaluation[0].info.run_id)} == {"cases.csv", "summary.json"}
+    assert {artifact.path for artifact in client.list_artifacts(evaluation[0].info.run_id)} == {
+        "cases.csv",
+        "summary.json",
+    }
 
 
 def test_evaluate_without_checkpoint_says_train_first(dataset_dir, tmp_path):
     result = run_bundle(
-        "--config_file", json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")]),
-        "--meta_file", META,
-        "--dataset_dir", str(dataset_dir),
-        "--output_dir", str(tmp_path),
-        "--ckpt_dir", str(tmp_path / "models"),
+        "--config_file",
+        json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")]),
+        "--meta_file",
+        META,
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(tmp_path),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
         *SMOKE,
         cwd=tmp_path,
         check=False,
@@ -181,10 +213,13 @@ def test_evaluate_without_checkpoint_says_train_first(dataset_dir, tmp_path):
 
 
 def test_inference_keeps_input_geometry(trained, dataset_dir, tmp_path):
-    # A real image re-saved with an oblique, anisotropic, LPS-like affine, so resampling and reorientation must be undone.
+    # A real image re-saved with an oblique, anisotropic, LPS-like affine, so resampling and reorientation must be
+    # undone.
     source = nib.load(dataset_dir / "images" / "hippocampus_001.nii.gz")
     affine = np.diag([-1.2, -0.9, 1.1, 1.0])
-    affine[:3, :3] = affine[:3, :3] @ np.array([[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]])
+    affine[:3, :3] = affine[:3, :3] @ np.array(
+        [[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]]
+    )
     affine[:3, 3] = [10.0, -5.0, 3.0]
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -192,12 +227,18 @@ def test_inference_keeps_input_geometry(trained, dataset_dir, tmp_path):
     nib.save(source, inputs / "case_b.nii.gz")
 
     run_bundle(
-        "--config_file", str(CONFIGS / "inference.yaml"),
-        "--meta_file", META,
-        "--input_dir", str(inputs),
-        "--output_dir", str(tmp_path / "predictions"),
-        "--ckpt_path", str(trained / "models" / "model.pt"),
-        "--patch_size", "[24, 32, 24]",
+        "--config_file",
+        str(CONFIGS / "inference.yaml"),
+        "--meta_file",
+        META,
+        "--input_dir",
+        str(inputs),
+        "--output_dir",
+        str(tmp_path / "predictions"),
+        "--ckpt_path",
+        str(trained / "models" / "model.pt"),
+        "--patch_size",
+        "[24, 32, 24]",
         cwd=tmp_path,
     )
 
@@ -210,10 +251,14 @@ def test_inference_keeps_input_geometry(trained, dataset_dir, tmp_path):
 
 def test_inference_without_images_names_the_folder(trained, tmp_path):
     result = run_bundle(
-        "--config_file", str(CONFIGS / "inference.yaml"),
-        "--meta_file", META,
-        "--input_dir", str(tmp_path / "empty"),
-        "--ckpt_path", str(trained / "models" / "model.pt"),
+        "--config_file",
+        str(CONFIGS / "inference.yaml"),
+        "--meta_file",
+        META,
+        "--input_dir",
+        str(tmp_path / "empty"),
+        "--ckpt_path",
+        str(trained / "models" / "model.pt"),
         cwd=tmp_path,
         check=False,
     )
@@ -224,14 +269,25 @@ def test_inference_without_images_names_the_folder(trained, tmp_path):
 
 def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
     run_bundle(
-        "network_def", "--meta_file", META, "--config_file", str(CONFIGS / "inference.yaml"),
+        "network_def",
+        "--meta_file",
+        META,
+        "--config_file",
+        str(CONFIGS / "inference.yaml"),
         command="verify_net_in_out",
         cwd=Path(BUNDLE_ROOT),
     )
     exported = tmp_path / "model.ts"
     run_bundle(
-        "network_def", "--filepath", str(exported), "--ckpt_file", str(trained / "models" / "model.pt"),
-        "--meta_file", META, "--config_file", str(CONFIGS / "inference.yaml"),
+        "network_def",
+        "--filepath",
+        str(exported),
+        "--ckpt_file",
+        str(trained / "models" / "model.pt"),
+        "--meta_file",
+        META,
+        "--config_file",
+        str(CONFIGS / "inference.yaml"),
         command="ckpt_export",
         cwd=Path(BUNDLE_ROOT),
     )
@@ -244,13 +300,26 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
 def test_loss_overlay_and_override(dataset_dir, tmp_path):
     output_dir = tmp_path / "outputs"
     run_bundle(
-        "--config_file", json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "losses" / "dice.yaml")]),
-        "--meta_file", META,
-        "--dataset_dir", str(dataset_dir),
-        "--output_dir", str(output_dir),
-        "--ckpt_dir", str(output_dir / "models"),
-        "--loss#squared_pred", "false",
-        "--max_epochs", "1", "--val_interval", "1", "--max_cases", "2", "--patch_size", "[24, 32, 24]",
+        "--config_file",
+        json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "losses" / "dice.yaml")]),
+        "--meta_file",
+        META,
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(output_dir),
+        "--ckpt_dir",
+        str(output_dir / "models"),
+        "--loss#squared_pred",
+        "false",
+        "--max_epochs",
+        "1",
+        "--val_interval",
+        "1",
+        "--max_cases",
+        "2",
+        "--patch_size",
+        "[24, 32, 24]",
         cwd=tmp_path,
     )
     client, found = runs(output_dir)
@@ -263,10 +332,14 @@ def test_loss_overlay_and_override(dataset_dir, tmp_path):
 
 def test_missing_dataset_dir_fails_with_download_hint(tmp_path):
     result = run_bundle(
-        "--config_file", str(CONFIGS / "train.yaml"),
-        "--meta_file", META,
-        "--dataset_dir", str(tmp_path / "no_such_task"),
-        "--output_dir", str(tmp_path / "outputs"),
+        "--config_file",
+        str(CONFIGS / "train.yaml"),
+        "--meta_file",
+        META,
+        "--dataset_dir",
+        str(tmp_path / "no_such_task"),
+        "--output_dir",
+        str(tmp_path / "outputs"),
         cwd=tmp_path,
         check=False,
     )

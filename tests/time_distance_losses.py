@@ -26,6 +26,7 @@ from monai.losses import BoundaryLoss, HausdorffDTLoss
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 from loss_cases import blob_labels, perfect_logits  # noqa: E402
+
 from scripts.losses import build_loss  # noqa: E402
 from scripts.losses.extra_inputs import example_extra_inputs  # noqa: E402
 
@@ -96,8 +97,10 @@ def main() -> None:
         extras = example_extra_inputs(loss, random_logits, labels)
         report(label, lambda logits: loss(logits, labels, **extras), random_logits)
 
-    for label, options in (("hausdorff (dt), near target", {}), ("hausdorff (dt, no background), near target",
-                                                                  {"include_background": False})):
+    for label, options in (
+        ("hausdorff (dt), near target", {}),
+        ("hausdorff (dt, no background), near target", {"include_background": False}),
+    ):
         loss = build_loss("hausdorff", **options)
         extras = example_extra_inputs(loss, random_logits, labels)
         report(label, lambda logits: loss(logits, labels, **extras), near_target_logits)

@@ -22,13 +22,22 @@ SMALL = ["--max_cases", "2", "--patch_size", "[24, 32, 24]"]
 
 def train_command(dataset_dir: Path, output_dir: Path, *overrides: str) -> list[str]:
     return [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(CONFIGS / "train.yaml"),
-        "--meta_file", META,
-        "--logging_file", str(CONFIGS / "logging.conf"),
-        "--dataset_dir", str(dataset_dir),
-        "--output_dir", str(output_dir),
-        "--ckpt_dir", str(output_dir / "models"),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / "train.yaml"),
+        "--meta_file",
+        META,
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(output_dir),
+        "--ckpt_dir",
+        str(output_dir / "models"),
         *SMALL,
         *overrides,
     ]
@@ -46,7 +55,9 @@ def run_training(
         timeout=timeout,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"training failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 

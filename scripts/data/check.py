@@ -407,11 +407,13 @@ def _unpaired_files(folder: Path, content: Mapping[str, Any]) -> list[Problem]:
             for path in paths:
                 if path in listed or name in partners:
                     continue
-                problems.append(Problem(
-                    str(path),
-                    f"{kind} without its {partner}: no {name} in {_folders(partner_folders)}, and {DATASET_JSON} "
-                    f"does not list it; {fix}, or move the file out of the folder",
-                ))
+                problems.append(
+                    Problem(
+                        str(path),
+                        f"{kind} without its {partner}: no {name} in {_folders(partner_folders)}, and {DATASET_JSON} "
+                        f"does not list it; {fix}, or move the file out of the folder",
+                    )
+                )
     return problems
 
 

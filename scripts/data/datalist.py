@@ -78,8 +78,10 @@ def load_datalist(dataset_dir: str | Path, check_files: bool = True) -> list[dic
     cases = []
     seen: dict[str, int] = {}
     for index, entry in enumerate(content["training"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(
-            entry.get("label"), str
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("image"), str)
+            or not isinstance(entry.get("label"), str)
         ):
             raise ValueError(
                 f"{folder / DATASET_JSON}: training entry {index} must be an object with 'image' and 'label' "
@@ -113,7 +115,6 @@ def case_id_from_path(path: str | Path) -> str:
     return Path(name).stem
 
 
-
 def inference_datalist(input_dir: str | Path | None = None, datalist: str | Path | None = None) -> list[dict[str, str]]:
     """Return ``[{"image": path}, ...]`` for inference, from a datalist file or else every image in a folder.
 
@@ -138,7 +139,7 @@ def inference_datalist(input_dir: str | Path | None = None, datalist: str | Path
             content = content.get("test") or content.get("training")
         if not isinstance(content, list) or not content:
             raise ValueError(
-                f"datalist {path} must be a non-empty JSON list of {{\"image\": path}} objects, or a Decathlon "
+                f'datalist {path} must be a non-empty JSON list of {{"image": path}} objects, or a Decathlon '
                 "dataset.json with a 'test' or 'training' list."
             )
         images = []

@@ -22,7 +22,11 @@ Shared options:
   ``ignore_index`` is set.
 * ``batch``: ``False`` computes one loss per sample. ``True`` pools every voxel of the batch first (a global
   voxel mean for pixel losses, batch-wide sums for region losses, the "batch Dice" of nnU-Net) and gives a single
-  value.
+  value. In distributed training the training engine calls the loss inside
+  :func:`~scripts.losses.distributed.pool_across_ranks`, and the helpers below then pool the batches of all
+  processes, with gradients, so that the loss equals the one on the combined batch. A loss that pools the batch
+  without these helpers must combine its statistics with ``sum_across_ranks`` or ``gather_across_ranks`` from
+  that module.
 * ``reduction``: ``"none"`` returns the per-sample losses, shape ``(B,)``, or shape ``(1,)`` with ``batch=True``.
   ``"mean"`` averages and ``"sum"`` adds those values, so ``sum`` always equals the sum of ``none``.
 
@@ -43,6 +47,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .distributed import pooling_across_ranks, sum_across_ranks
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -144,9 +150,19 @@ class SegmentationLoss(nn.Module):
         The weight of a voxel is the class weight of its target class (summed over a soft target), zero where it
         is ignored or, with ``include_background=False``, where its class is the background. The result is
         ``sum(weight * loss) / sum(weight)``, the normalisation of ``torch.nn.CrossEntropyLoss``; a sample whose
-        weights are all zero contributes 0.
+        weights are all zero contributes 0. With ``batch=True`` in distributed training, both sums run over the
+        voxels of every process.
         """
         weight = inputs.voxel_weights(self.class_weights)
+        if self.batch and pooling_across_ranks():
+            if weight is None:
+                total = voxel_loss.sum()
+                count = total.new_tensor(float(voxel_loss.numel()))
+            else:
+                total = (voxel_loss * weight).sum()
+                count = weight.sum()
+            total, count = sum_across_ranks(torch.stack([total, count.to(total.dtype)])).unbind()
+            return (total / count.clamp_min(torch.finfo(total.dtype).tiny)).reshape(-1)
         dims = tuple(range(0 if self.batch else 1, voxel_loss.ndim))
         if weight is None:
             mean = voxel_loss.mean(dim=dims)
@@ -163,7 +179,13 @@ class SegmentationLoss(nn.Module):
         """
         dims = tuple(range(0 if self.batch else 1, voxel_loss.ndim))
         total = voxel_loss.sum(dim=dims).reshape(-1)
-        return total / inputs.voxel_count(batch=self.batch).clamp_min(1.0)
+        count = inputs.voxel_count(batch=self.batch)
+        if self.batch and pooling_across_ranks():
+            total, count = sum_across_ranks(
+                torch.stack([total.reshape(()), count.reshape(()).to(total.dtype)])
+            ).unbind()
+            total, count = total.reshape(1), count.reshape(1)
+        return total / count.clamp_min(1.0)
 
     def average_classes(
         self,
@@ -375,6 +397,7 @@ class SegmentationInputs:
         These are ``sum(p * t)``, ``sum(p)`` and ``sum(t)`` over the voxels in the loss, from which the region
         losses derive false positives (``sum(p) - intersection``) and false negatives (``sum(t) - intersection``).
         ``squared=True`` returns ``sum(p ** 2)`` and ``sum(t ** 2)`` as the two sums (the V-Net denominator).
+        ``batch=True`` sums over the batch too, and in distributed training over the batches of every process.
         """
         probs = self.probs
         target = self.target
@@ -393,6 +416,10 @@ class SegmentationInputs:
             intersection = intersection.sum(dim=0, keepdim=True)
             prediction_sum = prediction_sum.sum(dim=0, keepdim=True)
             target_sum = target_sum.sum(dim=0, keepdim=True)
+            if pooling_across_ranks():
+                # One collective for the three sums.
+                pooled = sum_across_ranks(torch.stack([intersection, prediction_sum, target_sum]))
+                intersection, prediction_sum, target_sum = pooled.unbind()
         return intersection, prediction_sum, target_sum
 
     def intersection_sums(self, values: Tensor) -> Tensor:
@@ -419,10 +446,15 @@ class SegmentationInputs:
         return count.sum().reshape(1) if batch else count
 
     def voxel_mean(self, values: Tensor, batch: bool = False) -> Tensor:
-        """Average ``(B, K, *spatial)`` values over the voxels in the loss, giving ``(B, K)`` or ``(1, K)``."""
+        """Average ``(B, K, *spatial)`` values over the voxels in the loss, giving ``(B, K)`` or ``(1, K)``.
+
+        ``batch=True`` averages over the batch too, and in distributed training over the batches of every process.
+        """
         dims = self.spatial_dims
         if batch:
             dims = (0, *dims)
+            if pooling_across_ranks():
+                return self._voxel_mean_across_ranks(values, dims)
         if self._mask is None:
             mean = values.mean(dim=dims)
         else:
@@ -430,6 +462,16 @@ class SegmentationInputs:
             count = self._mask.expand_as(values[:, :1]).sum(dim=dims)
             mean = total / count.clamp_min(1.0)
         return mean.reshape(-1, values.shape[1])
+
+    def _voxel_mean_across_ranks(self, values: Tensor, dims: tuple[int, ...]) -> Tensor:
+        if self._mask is None:
+            total = values.sum(dim=dims)
+            count = total.new_full((1,), float(values[:, 0].numel()))
+        else:
+            total = (values * self._mask).sum(dim=dims)
+            count = self._mask.expand_as(values[:, :1]).sum(dim=dims).to(total.dtype)
+        pooled = sum_across_ranks(torch.cat([total, count]))
+        return (pooled[:-1] / pooled[-1].clamp_min(1.0)).reshape(1, values.shape[1])
 
 
 def check_logits(logits: Tensor) -> None:

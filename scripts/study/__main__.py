@@ -14,6 +14,8 @@ if __name__ == "__main__":
     try:
         run_commands({"run": run, "report": report})
     except KeyboardInterrupt:
-        print("error: the study was interrupted. Finished runs are kept in MLflow; run the same command again to "
-              "resume.", file=sys.stderr)
+        print(
+            "error: the study was interrupted. Finished runs are kept in MLflow; run the same command again to resume.",
+            file=sys.stderr,
+        )
         sys.exit(130)

@@ -58,8 +58,11 @@ def plot_boxes(
     axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(axis="y", alpha=0.3)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colour, alpha=0.6) for family, colour in FAMILY_COLOURS.items()
-               if family in set(families.values())]
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=colour, alpha=0.6)
+        for family, colour in FAMILY_COLOURS.items()
+        if family in set(families.values())
+    ]
     labels = [family for family in FAMILY_COLOURS if family in set(families.values())]
     axis.legend(handles, labels, title="family", fontsize="small", loc="best")
     return _save(figure, path)
@@ -82,8 +85,15 @@ def plot_curves(
         style = styles[seen.get(family, 0) % len(styles)]
         seen[family] = seen.get(family, 0) + 1
         epochs, means = zip(*points)
-        axis.plot(epochs, means, linestyle=style, marker="o", markersize=3,
-                  color=FAMILY_COLOURS.get(family, "tab:gray"), label=f"{loss} ({family})")
+        axis.plot(
+            epochs,
+            means,
+            linestyle=style,
+            marker="o",
+            markersize=3,
+            color=FAMILY_COLOURS.get(family, "tab:gray"),
+            label=f"{loss} ({family})",
+        )
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation mean Dice")
     axis.set_ylim(0.0, 1.0)

@@ -72,8 +72,11 @@ def collect(settings: StudySettings, store: StudyStore) -> StudyResults:
             if state.state == "complete":
                 run = state.run
                 results.complete.append((spec, run.info.run_id))
-                results.records.extend(_case_records(spec, settings.loss_family(spec.loss), run.info.run_id,
-                                                     store.tracking_uri, Path(folder)))
+                results.records.extend(
+                    _case_records(
+                        spec, settings.loss_family(spec.loss), run.info.run_id, store.tracking_uri, Path(folder)
+                    )
+                )
                 history = store.client.get_metric_history(run.info.run_id, "val_mean_dice")
                 curve = sorted((metric.step, metric.value) for metric in history)
                 results.curves.setdefault(spec.loss, []).append(curve)
@@ -98,8 +101,14 @@ def _case_records(spec: RunSpec, family: str, run_id: str, tracking_uri: str, fo
         for row in csv.DictReader(stream):
             classes = [column.split(".", 1)[1] for column in row if column.startswith("dice.")]
             for name in classes:
-                record = {"loss": spec.loss, "family": family, "seed": spec.seed, "fold": spec.fold,
-                          "case_id": row["case_id"], "class": name}
+                record = {
+                    "loss": spec.loss,
+                    "family": family,
+                    "seed": spec.seed,
+                    "fold": spec.fold,
+                    "case_id": row["case_id"],
+                    "class": name,
+                }
                 for metric in CASE_METRICS:
                     record[metric] = float(row[f"{metric}.{name}"])
                 record["run_id"] = run_id
@@ -107,8 +116,9 @@ def _case_records(spec: RunSpec, family: str, run_id: str, tracking_uri: str, fo
     return records
 
 
-def write_report(results: StudyResults, report_dir: str | Path, command: str, rewritten_by: str | None = None
-                 ) -> list[Path]:
+def write_report(
+    results: StudyResults, report_dir: str | Path, command: str, rewritten_by: str | None = None
+) -> list[Path]:
     """Write ``results.md`` and ``results/`` (per-case CSV, summary CSV, plots) to ``report_dir``; return the paths.
 
     ``command`` is the study's last ``run`` command; ``rewritten_by`` the ``report`` command, when that wrote it.
@@ -119,16 +129,18 @@ def write_report(results: StudyResults, report_dir: str | Path, command: str, re
     files_dir.mkdir(parents=True, exist_ok=True)
     losses = _table_order(settings)
     families = {loss: settings.loss_family(loss) for loss in losses}
-    summaries = summarise(results.records, {metric: CASE_METRICS[metric] for metric in COMPARED},
-                          settings.reference, losses)
+    summaries = summarise(
+        results.records, {metric: CASE_METRICS[metric] for metric in COMPARED}, settings.reference, losses
+    )
 
     cases_path = files_dir / "cases.csv"
     with cases_path.open("w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, fieldnames=CASE_COLUMNS)
         writer.writeheader()
         for record in results.records:
-            writer.writerow({key: (f"{value:.6g}" if isinstance(value, float) else value)
-                             for key, value in record.items()})
+            writer.writerow(
+                {key: (f"{value:.6g}" if isinstance(value, float) else value) for key, value in record.items()}
+            )
 
     summary_path = files_dir / "summary.csv"
     with summary_path.open("w", newline="", encoding="utf-8") as stream:
@@ -136,17 +148,42 @@ def write_report(results: StudyResults, report_dir: str | Path, command: str, re
         writer.writerow(["loss", "family", "metric", "mean", "std", "values", "rank", "p_value", "p_holm", "pairs"])
         for loss in losses:
             for metric, summary in summaries[loss].items():
-                writer.writerow([loss, families[loss], metric, summary.mean, summary.std, summary.values,
-                                 summary.rank, summary.p_value, summary.p_holm, summary.pairs])
+                writer.writerow(
+                    [
+                        loss,
+                        families[loss],
+                        metric,
+                        summary.mean,
+                        summary.std,
+                        summary.values,
+                        summary.rank,
+                        summary.p_value,
+                        summary.p_holm,
+                        summary.pairs,
+                    ]
+                )
 
     plots = []
     for metric, label in (("dice", "Dice"), ("hd95", "HD95 (mm)")):
         per_loss = _case_class_means(results.records, metric, losses)
-        plots.append(plot_boxes(per_loss, families, files_dir / f"{metric}_boxplot.png", label,
-                                f"{label} per case and seed (mean over classes), by family"))
+        plots.append(
+            plot_boxes(
+                per_loss,
+                families,
+                files_dir / f"{metric}_boxplot.png",
+                label,
+                f"{label} per case and seed (mean over classes), by family",
+            )
+        )
     curves = {loss: _mean_curve(results.curves.get(loss, [])) for loss in losses}
-    plots.append(plot_curves(curves, families, files_dir / "validation_curves.png",
-                             "Validation mean Dice during training (mean over runs)"))
+    plots.append(
+        plot_curves(
+            curves,
+            families,
+            files_dir / "validation_curves.png",
+            "Validation mean Dice during training (mean over runs)",
+        )
+    )
 
     markdown = report_dir / "results.md"
     markdown.write_text(_markdown(results, summaries, losses, families, command, rewritten_by), encoding="utf-8")
@@ -157,8 +194,14 @@ def write_report(results: StudyResults, report_dir: str | Path, command: str, re
 # Tables and text.
 
 
-def _markdown(results: StudyResults, summaries: Mapping[str, Mapping[str, MetricSummary]], losses: Sequence[str],
-              families: Mapping[str, str], command: str, rewritten_by: str | None) -> str:
+def _markdown(
+    results: StudyResults,
+    summaries: Mapping[str, Mapping[str, MetricSummary]],
+    losses: Sequence[str],
+    families: Mapping[str, str],
+    command: str,
+    rewritten_by: str | None,
+) -> str:
     settings = results.settings
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     runs = len(settings.grid())
@@ -179,9 +222,11 @@ def _markdown(results: StudyResults, summaries: Mapping[str, Mapping[str, Metric
         f"{settings.num_folds} = {runs} runs: {len(results.complete)} finished, {len(results.failed)} failed, "
         f"{len(results.pending)} not run yet.",
         "- Training: the bundle's `configs/train.yaml` with each loss's overlay, "
-        f"{count(settings.max_epochs, 'epoch')}, validation every {count(settings.val_interval, 'epoch')}, best checkpoint by validation mean Dice"
+        f"{count(settings.max_epochs, 'epoch')}, validation every {count(settings.val_interval, 'epoch')}, "
+        "best checkpoint by validation mean Dice"
         + (f", at most {settings.max_cases} cases per split list" if settings.max_cases else "")
-        + (f", overrides {dict(settings.overrides)}" if settings.overrides else "") + ".",
+        + (f", overrides {dict(settings.overrides)}" if settings.overrides else "")
+        + ".",
         f"- Time: {_time_summary(results.seconds)}.",
         f"- Evaluation: the best checkpoint of each run on its held-out fold, per case and foreground class, on the "
         f"1 mm grid the bundle resamples to: Dice, HD95 (mm), normalised surface Dice (NSD) at "
@@ -204,31 +249,48 @@ def _markdown(results: StudyResults, summaries: Mapping[str, Mapping[str, Metric
         "",
     ]
     for family in dict.fromkeys(families[loss] for loss in losses):
-        lines += [f"### {family}", "", "| loss | runs | " + " | ".join(COMPARED.values()) + " | missed |",
-                  "|---|---|" + "---|" * (len(COMPARED) + 1)]
+        lines += [
+            f"### {family}",
+            "",
+            "| loss | runs | " + " | ".join(COMPARED.values()) + " | missed |",
+            "|---|---|" + "---|" * (len(COMPARED) + 1),
+        ]
         for loss in (item for item in losses if families[item] == family):
             cells = [_cell(summaries[loss][metric]) for metric in COMPARED]
             runs_done = sum(spec.loss == loss for spec, _ in results.complete)
             lines.append(f"| `{loss}` | {runs_done} | " + " | ".join(cells) + f" | {_missed(results.records, loss)} |")
         lines.append("")
 
-    lines += [f"## Paired tests against `{settings.reference}`", "",
-              "Holm-corrected p-value (raw p-value, cases); better or worse says on which side of the reference the "
-              f"mean lies; bold: p < {ALPHA} after correction.", "",
-              "| loss | " + " | ".join(COMPARED.values()) + " |", "|---|" + "---|" * len(COMPARED)]
+    lines += [
+        f"## Paired tests against `{settings.reference}`",
+        "",
+        "Holm-corrected p-value (raw p-value, cases); better or worse says on which side of the reference the "
+        f"mean lies; bold: p < {ALPHA} after correction.",
+        "",
+        "| loss | " + " | ".join(COMPARED.values()) + " |",
+        "|---|" + "---|" * len(COMPARED),
+    ]
     for loss in losses:
         if loss == settings.reference:
             continue
-        cells = [_test_cell(summaries[loss][metric], summaries[settings.reference][metric], CASE_METRICS[metric])
-                 for metric in COMPARED]
+        cells = [
+            _test_cell(summaries[loss][metric], summaries[settings.reference][metric], CASE_METRICS[metric])
+            for metric in COMPARED
+        ]
         lines.append(f"| `{loss}` | " + " | ".join(cells) + " |")
     lines.append("")
 
     lines += _per_class_table(results, losses)
-    lines += ["## Plots", "",
-              "![Dice per case by loss](results/dice_boxplot.png)", "",
-              "![HD95 per case by loss](results/hd95_boxplot.png)", "",
-              "![Validation curves](results/validation_curves.png)", ""]
+    lines += [
+        "## Plots",
+        "",
+        "![Dice per case by loss](results/dice_boxplot.png)",
+        "",
+        "![HD95 per case by loss](results/hd95_boxplot.png)",
+        "",
+        "![Validation curves](results/validation_curves.png)",
+        "",
+    ]
     if results.failed:
         lines += ["## Failed runs", "", "| run | MLflow run | error |", "|---|---|---|"]
         for spec, run_id, error in results.failed:
@@ -236,10 +298,14 @@ def _markdown(results: StudyResults, summaries: Mapping[str, Mapping[str, Metric
         lines.append("")
     if results.pending:
         lines += ["## Runs without a result yet", "", ", ".join(spec.name for spec in results.pending), ""]
-    lines += ["## Files", "",
-              "- `results/cases.csv`: every per-case value (one row per run, case and foreground class).",
-              "- `results/summary.csv`: the numbers of the tables above, with unrounded p-values.",
-              "- The same files are artifacts of the study's parent run in MLflow.", ""]
+    lines += [
+        "## Files",
+        "",
+        "- `results/cases.csv`: every per-case value (one row per run, case and foreground class).",
+        "- `results/summary.csv`: the numbers of the tables above, with unrounded p-values.",
+        "- The same files are artifacts of the study's parent run in MLflow.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -259,22 +325,34 @@ def _limitations(results: StudyResults) -> list[str]:
     else:
         items.append(f"- Each run trains the config's full {settings.max_epochs} epochs.")
     if len(settings.seeds) == 1:
-        items.append("- One seed: the standard deviations are over cases only, and seed-to-seed variation is not "
-                     "measured; a difference of a few Dice points between two losses can be seed noise.")
+        items.append(
+            "- One seed: the standard deviations are over cases only, and seed-to-seed variation is not "
+            "measured; a difference of a few Dice points between two losses can be seed noise."
+        )
     else:
-        items.append(f"- {len(settings.seeds)} seeds: each case's value is averaged over the seeds before the "
-                     "tests, so seeds do not inflate the number of independent cases.")
+        items.append(
+            f"- {len(settings.seeds)} seeds: each case's value is averaged over the seeds before the "
+            "tests, so seeds do not inflate the number of independent cases."
+        )
     if len(settings.folds) < settings.num_folds:
-        items.append(f"- {len(settings.folds)} of {settings.num_folds} folds: the tests use the {len(cases)} "
-                     "held-out cases of those folds, not the whole dataset, and a fold's cases share one model.")
+        items.append(
+            f"- {len(settings.folds)} of {settings.num_folds} folds: the tests use the {len(cases)} "
+            "held-out cases of those folds, not the whole dataset, and a fold's cases share one model."
+        )
     if settings.max_cases:
-        items.append(f"- At most {settings.max_cases} cases per split list: a smoke test of the machinery, not a "
-                     "comparison of the losses.")
-    items.append(f"- With {len(cases)} paired cases and Holm's correction over {max(len(settings.losses) - 1, 0)} "
-                 "comparisons, only large and consistent differences reach significance; a non-significant result "
-                 "is not evidence that two losses are equal.")
-    items.append("- One network (the bundle's 3D UNet), one dataset and the overlays' default hyperparameters: "
-                 "no loss was tuned, and the results need not transfer to other tasks.")
+        items.append(
+            f"- At most {settings.max_cases} cases per split list: a smoke test of the machinery, not a "
+            "comparison of the losses."
+        )
+    items.append(
+        f"- With {len(cases)} paired cases and Holm's correction over {max(len(settings.losses) - 1, 0)} "
+        "comparisons, only large and consistent differences reach significance; a non-significant result "
+        "is not evidence that two losses are equal."
+    )
+    items.append(
+        "- One network (the bundle's 3D UNet), one dataset and the overlays' default hyperparameters: "
+        "no loss was tuned, and the results need not transfer to other tasks."
+    )
     return items
 
 
@@ -282,16 +360,25 @@ def _per_class_table(results: StudyResults, losses: Sequence[str]) -> list[str]:
     classes = results.classes
     if not classes:
         return []
-    lines = ["## Per class", "", "Mean over cases and seeds.", "",
-             "| loss | " + " | ".join(f"Dice {name}" for name in classes) + " | "
-             + " | ".join(f"HD95 {name} (mm)" for name in classes) + " |",
-             "|---|" + "---|" * (2 * len(classes))]
+    lines = [
+        "## Per class",
+        "",
+        "Mean over cases and seeds.",
+        "",
+        "| loss | "
+        + " | ".join(f"Dice {name}" for name in classes)
+        + " | "
+        + " | ".join(f"HD95 {name} (mm)" for name in classes)
+        + " |",
+        "|---|" + "---|" * (2 * len(classes)),
+    ]
     for loss in losses:
         cells = []
         for metric in ("dice", "hd95"):
             for name in classes:
-                values = [record[metric] for record in results.records
-                          if record["loss"] == loss and record["class"] == name]
+                values = [
+                    record[metric] for record in results.records if record["loss"] == loss and record["class"] == name
+                ]
                 cells.append(FORMATS[metric].format(np.mean(values)) if values else "-")
         lines.append(f"| `{loss}` | " + " | ".join(cells) + " |")
     return [*lines, ""]
@@ -338,8 +425,10 @@ def _time_summary(seconds: Sequence[float]) -> str:
     if not seconds:
         return "no finished run"
     total = sum(seconds)
-    return (f"{np.mean(seconds) / 60:.1f} min per run on average (training and evaluation, "
-            f"{min(seconds) / 60:.1f} to {max(seconds) / 60:.1f}), {total / 3600:.2f} h for the {len(seconds)} runs")
+    return (
+        f"{np.mean(seconds) / 60:.1f} min per run on average (training and evaluation, "
+        f"{min(seconds) / 60:.1f} to {max(seconds) / 60:.1f}), {total / 3600:.2f} h for the {len(seconds)} runs"
+    )
 
 
 def _case_class_means(records: Sequence[Mapping], metric: str, losses: Sequence[str]) -> dict[str, list[float]]:

@@ -103,11 +103,18 @@ class StudyRunner:
         for run in self.store.children():
             recorded.setdefault(run.data.tags.get(KEY, ""), []).append(run)
         # The runs expected to need work, for the ETA; each run is checked again just before its turn.
-        planned = {spec for spec in specs
-                   if self.store.classify(recorded.get(keys[spec], []), self.retry_failed).state == "todo"}
+        planned = {
+            spec
+            for spec in specs
+            if self.store.classify(recorded.get(keys[spec], []), self.retry_failed).state == "todo"
+        }
         logger.info(
             "Study %r, shard %d/%d: %d of %d runs of the grid, %d of them to run.",
-            self.settings.study_name, *self.shard, len(specs), len(self.settings.grid()), len(planned),
+            self.settings.study_name,
+            *self.shard,
+            len(specs),
+            len(self.settings.grid()),
+            len(planned),
         )
 
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -186,8 +193,16 @@ class StudyRunner:
             code, _ = self._run_workflow(eval_args, run_dir, "evaluate", run_id=run_id)
             if code != 0:
                 error = error_message(run_dir / "evaluate.log", code, "evaluation")
-                return self._record_failure(spec, run_id, tags, parent_id, run_dir / "evaluate.log", error,
-                                            time.monotonic() - started, keep_recorded_error=False)
+                return self._record_failure(
+                    spec,
+                    run_id,
+                    tags,
+                    parent_id,
+                    run_dir / "evaluate.log",
+                    error,
+                    time.monotonic() - started,
+                    keep_recorded_error=False,
+                )
         except KeyboardInterrupt:
             run_id = run_id or self.store.run_for_attempt(attempt)
             if run_id is not None:
@@ -277,9 +292,14 @@ class StudyRunner:
         """Record a failed run with ``error``, or with the tracker's own ``error`` tag if ``keep_recorded_error``."""
         if run_id is None:
             # The workflow failed before its tracker made a run (e.g. an invalid overlay): record one here.
-            tags = {**tags, "mlflow.parentRunId": parent_id, "loss": self.settings.registered_loss(spec.loss),
-                    "loss_family": self.settings.loss_family(spec.loss), "fold": str(spec.fold),
-                    "seed": str(spec.seed)}
+            tags = {
+                **tags,
+                "mlflow.parentRunId": parent_id,
+                "loss": self.settings.registered_loss(spec.loss),
+                "loss_family": self.settings.loss_family(spec.loss),
+                "fold": str(spec.fold),
+                "seed": str(spec.seed),
+            }
             run_id = self.store.create_failed_child(spec.name, tags, error)
         else:
             recorded = self.store.client.get_run(run_id).data.tags.get("error")
@@ -350,14 +370,19 @@ def _skipped(spec: RunSpec, state) -> RunResult:
         return RunResult(spec, "skipped_complete", run.info.run_id, detail=detail)
     if state.state == "failed":
         error = run.data.tags.get("error", "no error recorded")
-        return RunResult(spec, "skipped_failed", run.info.run_id,
-                         detail=f"failed earlier ({error}); --retry_failed true runs it again")
+        return RunResult(
+            spec,
+            "skipped_failed",
+            run.info.run_id,
+            detail=f"failed earlier ({error}); --retry_failed true runs it again",
+        )
     host = run.data.tags.get(HOST, "another host")
     return RunResult(spec, "skipped_running", run.info.run_id, detail=f"in progress on {host}")
 
 
-def _progress_line(position: int, total: int, result: RunResult, started: float, durations: list[float],
-                   remaining: int) -> str:
+def _progress_line(
+    position: int, total: int, result: RunResult, started: float, durations: list[float], remaining: int
+) -> str:
     if result.outcome == "complete":
         outcome = f"finished in {format_duration(result.seconds)} ({result.detail})"
     elif result.outcome == "failed":
@@ -396,4 +421,3 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 __all__ = ["RunResult", "StudyInterrupted", "StudyRunner", "describe_hardware", "error_message", "format_duration"]
-

@@ -27,11 +27,30 @@ DEFAULT_REFERENCE = "combo"  # the training config's default loss
 PROTOCOL_VERSION = 1
 
 # Config keys that the study sets for every run; `overrides` must leave them alone.
-STUDY_KEYS = frozenset({
-    "dataset_dir", "fold", "num_folds", "seed", "max_epochs", "val_interval", "max_cases", "loss", "output_dir",
-    "ckpt_dir", "tracking_uri", "experiment_name", "tracking_tags", "parent_run_id", "eval_output_dir",
-    "eval_run_id", "eval_dataset_dir", "ckpt_path", "surface_tolerance", "run_name",
-})
+STUDY_KEYS = frozenset(
+    {
+        "dataset_dir",
+        "fold",
+        "num_folds",
+        "seed",
+        "max_epochs",
+        "val_interval",
+        "max_cases",
+        "loss",
+        "output_dir",
+        "ckpt_dir",
+        "tracking_uri",
+        "experiment_name",
+        "tracking_tags",
+        "parent_run_id",
+        "eval_output_dir",
+        "eval_run_id",
+        "eval_dataset_dir",
+        "ckpt_path",
+        "surface_tolerance",
+        "run_name",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -140,16 +159,20 @@ class StudySettings:
         chosen = PRESETS[preset]
         overlay_folder = Path(overlay_dir or DEFAULT_OVERLAY_DIR).expanduser().resolve()
         if not overlay_folder.is_dir():
-            raise FileNotFoundError(f"overlay folder {overlay_folder} not found; pass --overlay_dir with a folder "
-                                    "of loss overlays (NAME.yaml), or leave it out to use configs/losses.")
+            raise FileNotFoundError(
+                f"overlay folder {overlay_folder} not found; pass --overlay_dir with a folder "
+                "of loss overlays (NAME.yaml), or leave it out to use configs/losses."
+            )
         names = _names(losses) if losses is not None else _default_losses(overlay_folder)
         for name in names:
             _check_overlay(overlay_folder, name)
         if reference is None:
             reference = DEFAULT_REFERENCE if DEFAULT_REFERENCE in names else names[0]
         elif reference not in names:
-            raise ValueError(f"reference loss {reference!r} is not among the study's losses ({', '.join(names)}); "
-                             "pass --reference with one of them.")
+            raise ValueError(
+                f"reference loss {reference!r} is not among the study's losses ({', '.join(names)}); "
+                "pass --reference with one of them."
+            )
 
         if num_folds < 2:
             raise ValueError(f"num_folds must be at least 2, got {num_folds}.")
@@ -175,8 +198,10 @@ class StudySettings:
             raise ValueError(f"overrides must be a mapping of config keys to values, got {overrides!r}.")
         clashing = sorted(key for key in overrides if key.split("#")[0] in STUDY_KEYS)
         if clashing:
-            raise ValueError(f"overrides may not set {', '.join(clashing)}: the study sets these keys itself. Use "
-                             "the study's own options, or a loss overlay in --overlay_dir for the loss.")
+            raise ValueError(
+                f"overrides may not set {', '.join(clashing)}: the study sets these keys itself. Use "
+                "the study's own options, or a loss overlay in --overlay_dir for the loss."
+            )
         if not (isinstance(surface_tolerance, (int, float)) and surface_tolerance >= 0):
             raise ValueError(f"surface_tolerance must be a distance >= 0 in mm, got {surface_tolerance!r}.")
 
@@ -272,8 +297,10 @@ def parse_shard(shard: str | int | Sequence[int]) -> tuple[int, int]:
     except ValueError:
         index, count = -1, 0
     if len(parts) != 2 or count < 1 or not 0 <= index < count:
-        raise ValueError(f"invalid shard {shard!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4 for the first of "
-                         "4 shards (0/1 runs the whole grid).")
+        raise ValueError(
+            f"invalid shard {shard!r}: expected i/n with 0 <= i < n, e.g. --shard 0/4 for the first of "
+            "4 shards (0/1 runs the whole grid)."
+        )
     return index, count
 
 
@@ -312,8 +339,9 @@ def _default_losses(overlay_dir: Path) -> list[str]:
         return [spec.name for spec in list_losses()]
     names = sorted(path.stem for path in overlay_dir.glob("*.yaml"))
     if not names:
-        raise FileNotFoundError(f"no loss overlay (*.yaml) found in {overlay_dir}; pass --losses or another "
-                                "--overlay_dir.")
+        raise FileNotFoundError(
+            f"no loss overlay (*.yaml) found in {overlay_dir}; pass --losses or another --overlay_dir."
+        )
     return names
 
 
@@ -321,8 +349,10 @@ def _check_overlay(overlay_dir: Path, name: str) -> None:
     path = overlay_dir / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(item.stem for item in overlay_dir.glob("*.yaml")))
-        raise ValueError(f"unknown loss {name!r}: no overlay {path}. Losses with an overlay: {known}. "
-                         "`python -m scripts.losses list` lists the registered losses.")
+        raise ValueError(
+            f"unknown loss {name!r}: no overlay {path}. Losses with an overlay: {known}. "
+            "`python -m scripts.losses list` lists the registered losses."
+        )
     get_loss_spec(_overlay_loss_name(path))
 
 
@@ -337,6 +367,8 @@ def _overlay_loss_name(path: Path) -> str:
     if isinstance(content, dict) and isinstance(content.get("loss_name"), str):
         name = content["loss_name"]
     if not isinstance(name, str):
-        raise ValueError(f"loss overlay {path} has no `loss: {{name: ...}}` entry; every overlay replaces the "
-                         "config's `loss` with a registered loss, as configs/losses/dice.yaml does.")
+        raise ValueError(
+            f"loss overlay {path} has no `loss: {{name: ...}}` entry; every overlay replaces the "
+            "config's `loss` with a registered loss, as configs/losses/dice.yaml does."
+        )
     return name

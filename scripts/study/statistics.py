@@ -122,8 +122,9 @@ def summarise(
             if loss == reference or not cases:
                 p_values.append(math.nan)
             else:
-                p_values.append(wilcoxon_p([by_case[loss][case] for case in cases],
-                                           [reference_cases[case] for case in cases]))
+                p_values.append(
+                    wilcoxon_p([by_case[loss][case] for case in cases], [reference_cases[case] for case in cases])
+                )
         adjusted = holm(p_values)
 
         for index, loss in enumerate(losses):

@@ -100,8 +100,11 @@ class StudyStore:
         token = None
         while True:
             page = self.client.search_runs(
-                [self.experiment_id], filter_string=filter_string, max_results=1000,
-                order_by=["attributes.start_time ASC"], page_token=token,
+                [self.experiment_id],
+                filter_string=filter_string,
+                max_results=1000,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
             )
             runs.extend(page)
             token = page.token

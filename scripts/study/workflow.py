@@ -80,10 +80,21 @@ def run(
     """
     index, count = parse_shard(shard)
     settings = StudySettings.create(
-        preset=preset, losses=losses, reference=reference, seeds=seeds, folds=folds, num_folds=num_folds,
-        max_epochs=max_epochs, val_interval=val_interval, max_cases=max_cases, overrides=_mapping(overrides),
-        dataset_dir=dataset_dir, overlay_dir=overlay_dir, surface_tolerance=surface_tolerance,
-        study_name=study_name, experiment_name=experiment_name,
+        preset=preset,
+        losses=losses,
+        reference=reference,
+        seeds=seeds,
+        folds=folds,
+        num_folds=num_folds,
+        max_epochs=max_epochs,
+        val_interval=val_interval,
+        max_cases=max_cases,
+        overrides=_mapping(overrides),
+        dataset_dir=dataset_dir,
+        overlay_dir=overlay_dir,
+        surface_tolerance=surface_tolerance,
+        study_name=study_name,
+        experiment_name=experiment_name,
     )
     output = Path(output_dir).expanduser().resolve()
     store = open_store(tracking_uri or sqlite_tracking_uri(output), settings.experiment_name, settings.study_name)
@@ -91,10 +102,15 @@ def run(
     parent_id = parent.info.run_id
     client = store.client
     client.update_run(parent_id, status=RunStatus.to_string(RunStatus.RUNNING))
-    for key, value in {"study.preset": settings.preset, "study.reference": settings.reference,
-                       "study.losses": ",".join(settings.losses), "study.seeds": _join(settings.seeds),
-                       "study.folds": _join(settings.folds), "study.max_epochs": settings.max_epochs,
-                       "study.dataset": settings.dataset_name}.items():
+    for key, value in {
+        "study.preset": settings.preset,
+        "study.reference": settings.reference,
+        "study.losses": ",".join(settings.losses),
+        "study.seeds": _join(settings.seeds),
+        "study.folds": _join(settings.folds),
+        "study.max_epochs": settings.max_epochs,
+        "study.dataset": settings.dataset_name,
+    }.items():
         client.set_tag(parent_id, key, str(value))
     command = _command(settings, dataset_dir, output_dir, tracking_uri, shard, retry_failed)
     client.set_tag(parent_id, "study.command", command)
@@ -102,8 +118,13 @@ def run(
     settings_path.parent.mkdir(parents=True, exist_ok=True)
     settings_path.write_text(settings.to_json(), encoding="utf-8")
     client.log_artifact(parent_id, str(settings_path), artifact_path="study")
-    logger.info("Study %r: parent run %s in experiment %r at %s.", settings.study_name, parent_id,
-                settings.experiment_name, store.tracking_uri)
+    logger.info(
+        "Study %r: parent run %s in experiment %r at %s.",
+        settings.study_name,
+        parent_id,
+        settings.experiment_name,
+        store.tracking_uri,
+    )
 
     runner = StudyRunner(settings, store, output, shard=(index, count), retry_failed=retry_failed)
     try:
@@ -114,11 +135,15 @@ def run(
 
     report = _report(settings, store, parent_id, Path(report_dir) if report_dir else output / "report", command)
     client.set_terminated(parent_id, status=RunStatus.to_string(RunStatus.FINISHED))
-    counts = {outcome: sum(result.outcome == outcome for result in results)
-              for outcome in ("complete", "failed", "skipped_complete", "skipped_failed", "skipped_running")}
+    counts = {
+        outcome: sum(result.outcome == outcome for result in results)
+        for outcome in ("complete", "failed", "skipped_complete", "skipped_failed", "skipped_running")
+    }
     earlier = counts["skipped_complete"] + counts["skipped_failed"]
-    return (f"Shard {index}/{count}: {plural(counts['complete'], 'run')} finished, {counts['failed']} failed, "
-            f"{earlier} had a result already, {counts['skipped_running']} in progress elsewhere. Report: {report}")
+    return (
+        f"Shard {index}/{count}: {plural(counts['complete'], 'run')} finished, {counts['failed']} failed, "
+        f"{earlier} had a result already, {counts['skipped_running']} in progress elsewhere. Report: {report}"
+    )
 
 
 def report(
@@ -151,8 +176,16 @@ def report(
     settings = StudySettings.from_json(Path(path).read_text(encoding="utf-8"))
     command = parent.data.tags.get("study.command", "unknown")
     rewritten_by = f"python -m scripts.study report --study_name {shlex.quote(study_name)}"
-    return str(_report(settings, store, parent.info.run_id, Path(report_dir) if report_dir else output / "report",
-                       command, rewritten_by))
+    return str(
+        _report(
+            settings,
+            store,
+            parent.info.run_id,
+            Path(report_dir) if report_dir else output / "report",
+            command,
+            rewritten_by,
+        )
+    )
 
 
 def open_store(tracking_uri: str, experiment_name: str, study_name: str) -> StudyStore:
@@ -167,8 +200,14 @@ def open_store(tracking_uri: str, experiment_name: str, study_name: str) -> Stud
         ) from error
 
 
-def _report(settings: StudySettings, store: StudyStore, parent_id: str, report_dir: Path, command: str,
-            rewritten_by: str | None = None) -> Path:
+def _report(
+    settings: StudySettings,
+    store: StudyStore,
+    parent_id: str,
+    report_dir: Path,
+    command: str,
+    rewritten_by: str | None = None,
+) -> Path:
     results = collect(settings, store)
     paths = write_report(results, report_dir, command, rewritten_by)
     for path in paths:
@@ -177,11 +216,16 @@ def _report(settings: StudySettings, store: StudyStore, parent_id: str, report_d
     return paths[0]
 
 
-def _command(settings: StudySettings, dataset_dir: str, output_dir: str, tracking_uri: str | None, shard: str,
-             retry_failed: bool) -> str:
+def _command(
+    settings: StudySettings, dataset_dir: str, output_dir: str, tracking_uri: str | None, shard: str, retry_failed: bool
+) -> str:
     """Return the command line that repeats this study, with every setting spelled out."""
-    options: dict[str, Any] = {"preset": settings.preset, "losses": ",".join(settings.losses),
-                               "seeds": _join(settings.seeds), "folds": _join(settings.folds)}
+    options: dict[str, Any] = {
+        "preset": settings.preset,
+        "losses": ",".join(settings.losses),
+        "seeds": _join(settings.seeds),
+        "folds": _join(settings.folds),
+    }
     preset = PRESETS[settings.preset]
     if preset.max_epochs not in (None, settings.max_epochs):
         options["max_epochs"] = settings.max_epochs

@@ -121,9 +121,7 @@ def distance_bins(
         spatial_dims = len(spacing) if spacing is not None else min(labels.ndim, 3)
     spatial = labels.reshape(labels.shape[labels.ndim - spatial_dims :])
     if spatial.numel() != labels.numel():
-        raise ValueError(
-            f"labels must hold one volume, (*spatial) or (1, *spatial), got shape {tuple(labels.shape)}."
-        )
+        raise ValueError(f"labels must hold one volume, (*spatial) or (1, *spatial), got shape {tuple(labels.shape)}.")
     _check_label_range(spatial, max(num_classes, 2))
 
     classes = [1] if num_classes == 1 else list(range(num_classes))

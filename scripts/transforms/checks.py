@@ -38,7 +38,9 @@ class CheckImageLabelPaird(MapTransform):
             )
         image_affine, label_affine = getattr(image, "affine", None), getattr(label, "affine", None)
         if image_affine is not None and label_affine is not None:
-            difference = float(torch.as_tensor(image_affine).double().sub(torch.as_tensor(label_affine).double()).abs().max())
+            difference = float(
+                torch.as_tensor(image_affine).double().sub(torch.as_tensor(label_affine).double()).abs().max()
+            )
             if difference > self.affine_atol:
                 raise ValueError(
                     f"image {_filename(image)} and label {_filename(label)} have different affines (largest "

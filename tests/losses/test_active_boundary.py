@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
-
 from loss_cases import blob_labels, make_logits, perfect_logits
 from real_data import first_label
-from scripts.losses import build_loss
-from scripts.losses import registry
+
+from scripts.losses import build_loss, registry
 from scripts.losses.base import SegmentationInputs
 from scripts.losses.boundary.active_boundary import _threshold_for_budget, example_extra_inputs
 from scripts.transforms.boundary import label_boundary_distance
+
 
 def step_case():
     """A 1 x 6 image, labels 0 0 0 1 1 1, and logits whose class change sits one voxel too far right.
@@ -88,10 +88,12 @@ def test_active_boundary_adds_cross_entropy():
 
 def test_active_boundary_smoothing_and_theta():
     logits, labels, distance = step_case()
-    no_smoothing = build_loss("active_boundary", lovasz_weight=0.0, cross_entropy_weight=0.0, max_boundary_ratio=0.2,
-                              label_smoothing=0.0)
-    small_theta = build_loss("active_boundary", lovasz_weight=0.0, cross_entropy_weight=0.0, max_boundary_ratio=0.2,
-                             max_distance=0.5)
+    no_smoothing = build_loss(
+        "active_boundary", lovasz_weight=0.0, cross_entropy_weight=0.0, max_boundary_ratio=0.2, label_smoothing=0.0
+    )
+    small_theta = build_loss(
+        "active_boundary", lovasz_weight=0.0, cross_entropy_weight=0.0, max_boundary_ratio=0.2, max_distance=0.5
+    )
 
     assert no_smoothing(logits, labels, boundary_distance=distance).item() == pytest.approx(
         step_case_value(label_smoothing=0.0), rel=1e-5
@@ -170,9 +172,12 @@ def test_active_boundary_ignore_equals_crop_with_same_map():
     ignored = labels.clone()
     ignored[..., -3:] = 255
 
-    with_ignore = build_loss("active_boundary", lovasz_weight=0.0, ignore_index=255)(logits, ignored, boundary_distance=distance)
-    cropped = build_loss("active_boundary", lovasz_weight=0.0)(logits[..., :-3], labels[..., :-3],
-                                            boundary_distance=distance[..., :-3])
+    with_ignore = build_loss("active_boundary", lovasz_weight=0.0, ignore_index=255)(
+        logits, ignored, boundary_distance=distance
+    )
+    cropped = build_loss("active_boundary", lovasz_weight=0.0)(
+        logits[..., :-3], labels[..., :-3], boundary_distance=distance[..., :-3]
+    )
 
     torch.testing.assert_close(with_ignore, cropped)
 
@@ -198,7 +203,9 @@ def test_active_boundary_gradient_reaches_centre_only():
     logits.requires_grad_()
     # Without smoothing: the target's softmax weight, 47.28 / 54.28 = 0.871, is above the smoothed target
     # 0.8 + 0.2 / 8 = 0.825, so smoothing 0.2 would push it down and flip the sign checked below.
-    loss = build_loss("active_boundary", lovasz_weight=0.0, cross_entropy_weight=0.0, max_boundary_ratio=0.2, label_smoothing=0.0)
+    loss = build_loss(
+        "active_boundary", lovasz_weight=0.0, cross_entropy_weight=0.0, max_boundary_ratio=0.2, label_smoothing=0.0
+    )
 
     loss(logits, labels, boundary_distance=distance).backward()
 
@@ -214,7 +221,9 @@ def test_active_boundary_on_real_label(dataset_dir):
     logits = perfect_logits(torch.roll(labels, 1, dims=2), 3, margin=3.0).requires_grad_()
     distance = label_boundary_distance(labels[:, 0]).unsqueeze(1)
 
-    value = build_loss("active_boundary", lovasz_weight=0.0, cross_entropy_weight=0.0)(logits, labels, boundary_distance=distance)
+    value = build_loss("active_boundary", lovasz_weight=0.0, cross_entropy_weight=0.0)(
+        logits, labels, boundary_distance=distance
+    )
     value.backward()
 
     assert value.item() > 0
@@ -240,8 +249,9 @@ def test_active_boundary_adds_lovasz_term(monkeypatch):
     without = build_loss("active_boundary", max_boundary_ratio=0.2, lovasz_weight=0.0)
     dice = build_loss("dice")(logits, labels)
 
-    difference = with_third(logits, labels, boundary_distance=distance) - without(logits, labels,
-                                                                                  boundary_distance=distance)
+    difference = with_third(logits, labels, boundary_distance=distance) - without(
+        logits, labels, boundary_distance=distance
+    )
     assert difference.item() == pytest.approx(0.5 * dice.item(), rel=1e-5)
 
 

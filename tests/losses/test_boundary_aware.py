@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-
 from loss_cases import blob_labels, make_logits
 from real_data import first_label
+
 from scripts.losses import build_loss
 from scripts.losses.boundary.boundary_aware import example_extra_inputs
 from scripts.transforms.boundary import distance_bins
@@ -59,8 +59,9 @@ def test_boundary_aware_hand_value_3d():
     logits, labels, head, bins = hand_case()
     loss = build_loss("boundary_aware", num_bins=2)
 
-    value = loss(logits[:, :, None], labels[:, :, None], distance_bin_logits=head[:, :, None],
-                 distance_bins=bins[:, :, None])
+    value = loss(
+        logits[:, :, None], labels[:, :, None], distance_bin_logits=head[:, :, None], distance_bins=bins[:, :, None]
+    )
 
     assert value.item() == pytest.approx(1.264758, abs=1e-6)
 
@@ -163,8 +164,9 @@ def test_boundary_aware_ignore_equals_crop_with_same_maps():
     ignored[..., -3:] = 255
 
     with_ignore = build_loss("boundary_aware", ignore_index=255)(logits, ignored, **extras)
-    cropped = build_loss("boundary_aware")(logits[..., :-3], labels[..., :-3],
-                                           **{key: value[..., :-3] for key, value in extras.items()})
+    cropped = build_loss("boundary_aware")(
+        logits[..., :-3], labels[..., :-3], **{key: value[..., :-3] for key, value in extras.items()}
+    )
 
     torch.testing.assert_close(with_ignore, cropped)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from loss_cases import make_logits
+
 from scripts.losses import build_loss
 from scripts.losses.base import SegmentationInputs
 

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from loss_cases import blob_labels, make_logits
 from monai.networks.nets import UNet
 from torch import nn
 
-from loss_cases import blob_labels, make_logits
 from scripts.losses import build_loss
 from scripts.networks import ConditionalBoundaryNetwork
 
@@ -67,11 +67,15 @@ def test_conditional_boundary_hand_value_3d():
 @pytest.mark.parametrize(
     ("weights", "expected"),
     [
-        ({"centre_classification_weight": 1.0, "centre_pull_weight": 0.0, "neighbour_similarity_weight": 0.0},
-         CLASSIFICATION),
+        (
+            {"centre_classification_weight": 1.0, "centre_pull_weight": 0.0, "neighbour_similarity_weight": 0.0},
+            CLASSIFICATION,
+        ),
         ({"centre_classification_weight": 0.0, "centre_pull_weight": 1.0, "neighbour_similarity_weight": 0.0}, PULL),
-        ({"centre_classification_weight": 0.0, "centre_pull_weight": 0.0, "neighbour_similarity_weight": 1.0},
-         SIMILARITY),
+        (
+            {"centre_classification_weight": 0.0, "centre_pull_weight": 0.0, "neighbour_similarity_weight": 1.0},
+            SIMILARITY,
+        ),
     ],
 )
 def test_conditional_boundary_each_term(weights, expected):
@@ -160,16 +164,31 @@ def test_conditional_boundary_with_unet_wrapper():
 
 def test_conditional_boundary_larger_neighbourhood():
     features, labels = hand_case()
-    loss = build_loss("conditional_boundary", cross_entropy_weight=0.0, centre_classification_weight=0.0,
-                      centre_pull_weight=0.0, neighbourhood_size=5)
+    loss = build_loss(
+        "conditional_boundary",
+        cross_entropy_weight=0.0,
+        centre_classification_weight=0.0,
+        centre_pull_weight=0.0,
+        neighbourhood_size=5,
+    )
 
     # Radius 2: v0 and v1 see v2 (class 1), and v2 and v3 see v1 (class 0), so every voxel is a boundary voxel.
     # Pairs, s for same class and o for other: v0-v1 s, v0-v2 o, v1-v0 s, v1-v2 o, v1-v3 o, v2-v0 o, v2-v1 o,
     # v2-v3 s, v3-v1 o, v3-v2 s.
     unit = nn.functional.normalize(features[0, :, 0].T, dim=1)
     cos = unit @ unit.T
-    pairs = [(0, 1, 1), (0, 2, 0), (1, 0, 1), (1, 2, 0), (1, 3, 0), (2, 0, 0), (2, 1, 0), (2, 3, 1), (3, 1, 0),
-             (3, 2, 1)]
+    pairs = [
+        (0, 1, 1),
+        (0, 2, 0),
+        (1, 0, 1),
+        (1, 2, 0),
+        (1, 3, 0),
+        (2, 0, 0),
+        (2, 1, 0),
+        (2, 3, 1),
+        (3, 1, 0),
+        (3, 2, 1),
+    ]
     expected = sum((cos[i, j].item() - same) ** 2 for i, j, same in pairs) / len(pairs)
     assert evaluate(loss, features, labels).item() == pytest.approx(expected, rel=1e-6)
 

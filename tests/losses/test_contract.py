@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from loss_cases import (
     IGNORE_IS_NOT_A_CROP,
     blob_labels,
@@ -19,6 +18,7 @@ from loss_cases import (
     one_hot,
     perfect_logits,
 )
+
 from scripts.losses import list_losses
 
 NAMES = [spec.name for spec in list_losses()]
@@ -234,8 +234,10 @@ def test_gradient_matches_finite_differences(name):
     logits = make_logits(shape, scale=0.5, dtype=torch.float64).requires_grad_()
     loss = build(name)
     extras = extra_inputs(name, logits.detach(), labels)
-    extras = {key: value.double() if torch.is_tensor(value) and value.is_floating_point() else value
-              for key, value in extras.items()}
+    extras = {
+        key: value.double() if torch.is_tensor(value) and value.is_floating_point() else value
+        for key, value in extras.items()
+    }
 
     assert torch.autograd.gradcheck(lambda x: loss(x, labels, **extras), (logits,), eps=1e-6, atol=1e-5)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from loss_cases import make_labels, make_logits, one_hot
 from monai.losses import DiceLoss as MonaiDiceLoss
 
-from loss_cases import make_labels, make_logits, one_hot
 from scripts.losses import build_loss
 
 PROBS = torch.tensor([[0.9, 0.6], [0.2, 0.1]], dtype=torch.float64)
@@ -54,9 +54,7 @@ def test_dice_3d_hand_value():
 def test_dice_class_weights_weigh_the_class_average():
     logits = make_logits((1, 3, 6, 6))
     labels = make_labels((1, 3, 6, 6), 3)
-    per_class = [
-        build_loss("dice", class_weights=[float(c == k) for k in range(3)])(logits, labels) for c in range(3)
-    ]
+    per_class = [build_loss("dice", class_weights=[float(c == k) for k in range(3)])(logits, labels) for c in range(3)]
 
     weighted = build_loss("dice", class_weights=[1.0, 2.0, 3.0])(logits, labels)
 

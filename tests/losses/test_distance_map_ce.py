@@ -6,15 +6,22 @@ import math
 
 import pytest
 import torch
-
 from loss_cases import ROW_PROBS, blob_labels, make_logits, row_case
+
 from scripts.losses import build_loss
 from scripts.losses.extra_inputs import example_extra_inputs
 from scripts.transforms import class_distance_maps
 
 # -log of the target class's probability: 1 - p on the two background voxels, p on the foreground.
-ROW_CE = [-math.log(0.8), -math.log(0.9), -math.log(0.8), -math.log(0.9), -math.log(0.7), -math.log(0.6),
-          -math.log(0.9)]
+ROW_CE = [
+    -math.log(0.8),
+    -math.log(0.9),
+    -math.log(0.8),
+    -math.log(0.9),
+    -math.log(0.7),
+    -math.log(0.6),
+    -math.log(0.9),
+]
 # Phi of the target class: 2/3 1/3 0 1/3 2/3 on the foreground, 0 on the one-voxel-deep background.
 ROW_PHI = [0.0, 2 / 3, 1 / 3, 0.0, 1 / 3, 2 / 3, 0.0]
 

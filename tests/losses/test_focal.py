@@ -7,9 +7,9 @@ import warnings
 
 import pytest
 import torch
+from loss_cases import make_labels, make_logits, one_hot
 from monai.losses import FocalLoss as MonaiFocalLoss
 
-from loss_cases import make_labels, make_logits, one_hot
 from scripts.losses import build_loss
 
 PROBS = torch.tensor([[0.9, 0.6], [0.2, 0.1]], dtype=torch.float64)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from loss_cases import make_labels, make_logits, perfect_logits
+
 from scripts.losses import build_loss
 from scripts.losses.base import POWER_LINEAR_BELOW
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from loss_cases import make_labels, make_logits, one_hot, perfect_logits
 from monai.losses import GeneralizedWassersteinDiceLoss as MonaiWassersteinDiceLoss
 
-from loss_cases import make_labels, make_logits, one_hot, perfect_logits
 from scripts.losses import build_loss
 
 # Background at distance 1 from both classes, classes 1 and 2 at distance 0.5 from each other.
@@ -39,8 +39,9 @@ def test_wasserstein_dice_class_weights_multiply_alpha():
     # alpha = (0, 2, 1): TP = 2 * 0.75 + 0.75 = 2.25; loss = 1 - 4.5 / (4.5 + 0.7).
     logits, labels = example((3, 1))
 
-    value = build_loss("generalized_wasserstein_dice", dist_matrix=DISTANCES, class_weights=[1.0, 2.0, 1.0],
-                       **UNSMOOTHED)(logits, labels)
+    value = build_loss(
+        "generalized_wasserstein_dice", dist_matrix=DISTANCES, class_weights=[1.0, 2.0, 1.0], **UNSMOOTHED
+    )(logits, labels)
 
     assert value.item() == pytest.approx(1 - 4.5 / 5.2, abs=1e-12)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from loss_cases import blob_labels, make_logits, perfect_logits
 from monai.data import MetaTensor
 from monai.losses import HausdorffDTLoss
 
-from loss_cases import blob_labels, make_logits, perfect_logits
 from scripts.losses import build_loss
 from scripts.losses.boundary.hausdorff import ball_kernel
 from scripts.losses.extra_inputs import example_extra_inputs

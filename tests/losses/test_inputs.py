@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from loss_cases import blob_labels, make_logits
+
 from scripts.losses import SegmentationInputs
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from loss_cases import INVERSE_FORM_TEST_CHECKPOINT, blob_labels, make_logits
+
 from scripts.losses import build_loss
 from scripts.losses.boundary.inverse_form import (
     InverseFormNet,
@@ -17,7 +17,6 @@ from scripts.losses.boundary.inverse_form import (
     load_inverse_form_net,
     save_inverse_form_net,
 )
-
 
 
 def build(**options):
@@ -127,8 +126,9 @@ def test_inverse_form_term_zero_for_identity_network(tmp_path):
     labels = blob_labels(shape, 3)
     logits = make_logits(shape)
     extras = example_extra_inputs(logits, labels)
-    loss = build_loss("inverse_form", checkpoint=zero_output_checkpoint(tmp_path), cross_entropy_weight=0.0,
-                      boundary_weight=0.0)
+    loss = build_loss(
+        "inverse_form", checkpoint=zero_output_checkpoint(tmp_path), cross_entropy_weight=0.0, boundary_weight=0.0
+    )
 
     assert loss(logits, labels, **extras).item() == 0.0
 
@@ -301,8 +301,12 @@ def test_training_command_invalid_options_raise(tmp_path, options, message):
     from scripts.inverse_form import train
 
     # The options are checked before the dataset is read, so an empty folder serves as dataset_dir.
-    arguments = {"dataset_dir": str(tmp_path), "output": str(tmp_path / "net.pt"),
-                 "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", **options}
+    arguments = {
+        "dataset_dir": str(tmp_path),
+        "output": str(tmp_path / "net.pt"),
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        **options,
+    }
     with pytest.raises(ValueError, match=message):
         train(**arguments)
     assert not (tmp_path / "net.pt").exists()

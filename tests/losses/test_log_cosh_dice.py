@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from loss_cases import make_labels, make_logits, one_hot
+
 from scripts.losses import build_loss
 from scripts.losses.region.log_cosh_dice import log_cosh
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from loss_cases import blob_labels, make_labels, make_logits, one_hot
+
 from scripts.losses import build_loss
 from scripts.losses.region.lovasz import lovasz_grad, sort_errors
 

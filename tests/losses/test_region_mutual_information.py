@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from loss_cases import blob_labels, make_labels, make_logits
+
 from scripts.losses import build_loss
 
 PROBS = torch.tensor([[0.9, 0.6], [0.2, 0.1]], dtype=torch.float64)
@@ -116,8 +116,16 @@ def test_rmi_radius_one_hand_value():
         ((2, 1, 9, 7, 8), {"radius": 2, "pool_size": 2}),
         ((2, 3, 8, 7, 6), {"radius": 2, "pool_size": 2, "include_background": False, "bce_weight": 0.3}),
     ],
-    ids=["2d-no-pool", "2d-defaults", "2d-max-pool", "2d-batch", "3d-pool-2", "3d-defaults", "3d-sigmoid",
-         "3d-foreground"],
+    ids=[
+        "2d-no-pool",
+        "2d-defaults",
+        "2d-max-pool",
+        "2d-batch",
+        "3d-pool-2",
+        "3d-defaults",
+        "3d-sigmoid",
+        "3d-foreground",
+    ],
 )
 def test_rmi_matches_reference(shape, options):
     logits = make_logits(shape, dtype=torch.float64)

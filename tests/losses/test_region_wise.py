@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from loss_cases import ROW_PROBS, blob_labels, make_logits, row_case
+
 from scripts.losses import build_loss
 from scripts.losses.extra_inputs import example_extra_inputs
 from scripts.transforms import class_distance_maps

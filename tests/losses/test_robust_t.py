@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from loss_cases import blob_labels, make_labels, make_logits
+
 from scripts.losses import build_loss
 from scripts.losses.region.t_loss import NU_TILDE_RANGE
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from loss_cases import make_labels, make_logits
+
 from scripts.losses import build_loss
 
 PROBS = torch.tensor([[0.9, 0.6], [0.2, 0.1]], dtype=torch.float64)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from loss_cases import make_labels, make_logits
+
 from scripts.losses import build_loss
 
 PROBS = torch.tensor([[0.9, 0.6], [0.2, 0.1]], dtype=torch.float64)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from loss_cases import make_labels, make_logits
 from monai.losses import TverskyLoss as MonaiTverskyLoss
 
-from loss_cases import make_labels, make_logits
 from scripts.losses import build_loss
 
 PROBS = torch.tensor([[0.9, 0.6], [0.2, 0.1]], dtype=torch.float64)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from loss_cases import blob_labels, make_logits
+
 from scripts.losses import build_loss, describe_loss
 from scripts.losses.extra_inputs import example_extra_inputs
 

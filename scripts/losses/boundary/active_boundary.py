@@ -60,8 +60,8 @@ class ActiveBoundaryLoss(SegmentationLoss):
 
     3D adaptation: the neighbourhood is the full cube, 26 neighbours in 3D (8 in 2D, as in the official code's 3x3
     window). It is the 3D form of that window and lets the boundary move diagonally, whereas the 6 face neighbours
-    would allow axis-aligned steps only. Distances, and so :math:`\theta`, are in the unit of the distance map (mm in the
-    bundle).
+    would allow axis-aligned steps only. Distances, and so :math:`\theta`, are in the unit of the distance map (mm
+    in the bundle).
 
     Differences from the official code (``wangchi95/active-boundary-loss``): the threshold budget is per sample
     (the code compares the count over the whole batch with one image's budget); the ground-truth boundary marks

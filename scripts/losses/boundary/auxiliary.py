@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..base import SegmentationInputs, _plain_tensor
+from ..distributed import sum_across_ranks
 
 
 def extra_tensor(
@@ -177,6 +178,6 @@ def pool_batch(totals: Tensor, counts: Tensor, batch: bool) -> Tensor:
     A zero count gives 0 (an empty set adds nothing to the loss).
     """
     if batch:
-        totals = totals.sum(dim=0, keepdim=True)
-        counts = counts.sum(dim=0, keepdim=True)
+        totals = sum_across_ranks(totals.sum(dim=0, keepdim=True))
+        counts = sum_across_ranks(counts.sum(dim=0, keepdim=True))
     return totals / counts.clamp_min(1.0)

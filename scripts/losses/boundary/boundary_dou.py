@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ...distance_maps import has_face_neighbour
 from ..base import SegmentationInputs, SegmentationLoss
+from ..distributed import sum_across_ranks
 from ..registry import register_loss
 
 
@@ -117,5 +118,7 @@ class BoundaryDoULoss(SegmentationLoss):
             dims = inputs.spatial_dims if not self.batch else (0, *inputs.spatial_dims)
             boundary_count = boundary.sum(dim=dims).to(inputs.logits.dtype).reshape(-1, target.shape[1])
             size = target.sum(dim=dims).to(inputs.logits.dtype).reshape(-1, target.shape[1])
+            if self.batch:
+                boundary_count, size = sum_across_ranks(boundary_count), sum_across_ranks(size)
             alpha = 1.0 - 2.0 * (boundary_count + self.smooth) / (size + self.smooth)
         return alpha.clamp_max(self.max_alpha)

@@ -187,8 +187,10 @@ class ConditionalBoundaryLoss(SegmentationLoss):
 
     def boundary_voxels(self, labelled: Tensor, num_classes: int) -> Tensor:
         """Return the labelled voxels ``(B, *spatial)`` whose neighbourhood contains a voxel of another class."""
-        one_hot = (labelled.unsqueeze(1) == torch.arange(num_classes, device=labelled.device).view(
-            1, -1, *([1] * (labelled.ndim - 1)))).to(torch.float32)
+        one_hot = (
+            labelled.unsqueeze(1)
+            == torch.arange(num_classes, device=labelled.device).view(1, -1, *([1] * (labelled.ndim - 1)))
+        ).to(torch.float32)
         classes_near = box_max(one_hot, self.neighbourhood_size).sum(dim=1)
         return (classes_near > 1.5) & (labelled >= 0)
 

@@ -80,8 +80,10 @@ def save_inverse_form_net(net: InverseFormNet, path: str | Path, metadata: dict 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu() for key, value in net.state_dict().items()}
-    torch.save({"format": CHECKPOINT_FORMAT, "config": net.config(), "state_dict": state,
-                "metadata": dict(metadata or {})}, path)
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "config": net.config(), "state_dict": state, "metadata": dict(metadata or {})},
+        path,
+    )
     return path
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from ..base import SegmentationInputs, SegmentationLoss, log1mexp
+from ..distributed import sum_across_ranks
 from ..registry import register_loss
 
 
@@ -90,6 +91,12 @@ class ComboLoss(SegmentationLoss):
         positive = (target * log_probs).sum(dim=dims)
         negative = log_complement.sum(dim=dims) - (target * log_complement).sum(dim=dims)
         voxels = inputs.voxel_count(batch=self.batch).unsqueeze(1)
+        if self.batch:
+            positive, negative, voxels = (
+                sum_across_ranks(positive),
+                sum_across_ranks(negative),
+                sum_across_ranks(voxels),
+            )
         class_bce = -(self.beta * positive + (1.0 - self.beta) * negative).reshape(voxels.shape[0], -1) / voxels
 
         intersection, prediction_sum, target_sum = inputs.class_sums(batch=self.batch)

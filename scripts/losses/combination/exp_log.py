@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from ..base import SegmentationInputs, SegmentationLoss, bounded_power, check_number
-from ..registry import register_loss
+from ..distributed import sum_across_ranks
 from ..region.dice import soft_dice
+from ..registry import register_loss
 
 
 @register_loss(
@@ -139,6 +140,9 @@ class ExpLogLoss(SegmentationLoss):
         else:
             with torch.no_grad():
                 dims = (0, *inputs.spatial_dims) if self.batch else inputs.spatial_dims
-                frequencies = inputs.target.sum(dim=dims).clamp_min(1.0)
+                frequencies = inputs.target.sum(dim=dims)
+                if self.batch:
+                    frequencies = sum_across_ranks(frequencies)
+                frequencies = frequencies.clamp_min(1.0)
         # (K,) for fixed or batch-wide frequencies, (B, K) for per-sample ones.
         return torch.sqrt(frequencies.sum(dim=-1, keepdim=True) / frequencies)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..base import SegmentationInputs, SegmentationLoss, check_number
+from ..distributed import sum_across_ranks
 from ..pixel.focal import focal_modulation
 from ..region.tversky import focal_tversky_term, tversky_index
 from ..registry import register_loss
@@ -112,7 +113,10 @@ class UnifiedFocalLoss(SegmentationLoss):
         sums = torch.cat([(1.0 - self.delta) * background, self.delta * cross_entropy[:, 1:]], dim=1)
         counts = inputs.voxel_count().unsqueeze(1)
         if self.batch:
-            sums, counts = sums.sum(dim=0, keepdim=True), counts.sum(dim=0, keepdim=True)
+            sums, counts = (
+                sum_across_ranks(sums.sum(dim=0, keepdim=True)),
+                sum_across_ranks(counts.sum(dim=0, keepdim=True)),
+            )
         return sums / counts.clamp_min(1.0)
 
     def focal_tversky_terms(self, inputs: SegmentationInputs) -> Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..base import SegmentationInputs, SegmentationLoss, check_number
+from ..distributed import gather_across_ranks, pooling_across_ranks
 from ..registry import register_loss
 
 
@@ -78,15 +79,22 @@ class TopKLoss(SegmentationLoss):
     def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
         voxel_loss = inputs.weighted_target_terms(torch.neg, self.class_weights)
         rows = 1 if self.batch else voxel_loss.shape[0]
+        mask = inputs.mask
+        if self.batch and pooling_across_ranks():
+            # Every process must gather a mask, also one without ignored voxels, or the collectives mismatch.
+            if mask is None:
+                mask = torch.ones_like(voxel_loss).unsqueeze(1)
+            voxel_loss = gather_across_ranks(voxel_loss)
+            mask = gather_across_ranks(mask.to(voxel_loss.dtype))
         flat_loss = voxel_loss.reshape(rows, -1)
 
-        if inputs.mask is None:
+        if mask is None:
             selected_count = max(1, int(flat_loss.shape[1] * self.k / 100.0))
             return torch.topk(flat_loss, selected_count, dim=1, sorted=False).values.mean(dim=1)
 
         # Ignored voxels get a loss below every real one (losses are >= 0), so they are selected last and the
         # position mask below drops them. Each row keeps its own count.
-        valid = inputs.mask.reshape(rows, -1) > 0
+        valid = mask.reshape(rows, -1) > 0
         valid_count = valid.sum(dim=1)
         selected_count = torch.floor(valid_count.double() * self.k / 100.0).long().clamp_min(1)
         selected_count = torch.minimum(selected_count, valid_count)

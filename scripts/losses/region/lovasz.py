@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..base import SegmentationInputs, SegmentationLoss
+from ..distributed import gather_across_ranks
 from ..registry import register_loss
 
 CLASS_MODES = ("present", "all")
@@ -101,6 +102,8 @@ class LovaszSoftmaxLoss(SegmentationLoss):
         # One row per (sample, class), or per class when the whole batch is pooled.
         batch_size, num_region = errors.shape[:2]
         if self.batch:
+            errors = gather_across_ranks(errors)
+            target = gather_across_ranks(target)
             errors = errors.transpose(0, 1).reshape(num_region, -1)
             target = target.transpose(0, 1).reshape(num_region, -1)
         else:

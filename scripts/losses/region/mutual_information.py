@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..base import SegmentationInputs, SegmentationLoss, require_real
+from ..distributed import gather_across_ranks, pooling_across_ranks
 from ..registry import register_loss
 
 POOL_MODES = ("avg", "max")
@@ -174,9 +175,13 @@ class RegionMutualInformationLoss(SegmentationLoss):
             # A point counts only if every cell of its window is valid.
             point_weight = window_points(cell_valid.double(), self.radius).amin(dim=2, keepdim=True)
         if self.batch:
-            label_points, prob_points = (pool_batch(points) for points in (label_points, prob_points))
+            if pooling_across_ranks() and point_weight is None:
+                point_weight = torch.ones_like(label_points[:, :1, :1])
+            label_points, prob_points = (
+                pool_batch(gather_across_ranks(points)) for points in (label_points, prob_points)
+            )
             if point_weight is not None:
-                point_weight = pool_batch(point_weight)
+                point_weight = pool_batch(gather_across_ranks(point_weight))
 
         label_points, count = centre_points(label_points, point_weight)
         prob_points, _ = centre_points(prob_points, point_weight)

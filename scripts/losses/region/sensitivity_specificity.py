@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from ..base import SegmentationInputs, SegmentationLoss, check_number
+from ..distributed import sum_across_ranks
 from ..registry import register_loss
 
 
@@ -73,7 +74,8 @@ class SensitivitySpecificityLoss(SegmentationLoss):
         negatives = inputs.voxel_count().unsqueeze(1) - positives
         if self.batch:
             positive_error, negative_error, positives, negatives = (
-                value.sum(dim=0, keepdim=True) for value in (positive_error, negative_error, positives, negatives)
+                sum_across_ranks(value.sum(dim=0, keepdim=True))
+                for value in (positive_error, negative_error, positives, negatives)
             )
 
         sensitivity_term = positive_error / (positives + self.smooth_dr)

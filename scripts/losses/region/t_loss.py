@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import SegmentationInputs, SegmentationLoss, as_bool, require_real
+from ..distributed import sum_across_ranks
 from ..registry import register_loss
 
 # nu_tilde is clamped to this range in the forward pass (nu from about 4.5e-5 to 4.9e8). The likelihood grows
@@ -69,9 +70,9 @@ class RobustTLoss(SegmentationLoss):
     lambda; here ``D`` comes from the input and the formula is the paper's, which differs by less than 1e-8
     per voxel.
 
-    Pitfalls: weight decay on ``nu_tilde`` pulls nu towards 1; put the loss parameters in a group without
-    decay. The loss is not wrapped by ``DistributedDataParallel``, so its gradient is not averaged over
-    processes, and nu may drift apart between them.
+    Pitfalls: weight decay on ``nu_tilde`` pulls nu towards 1, so the bundle's optimizer puts the loss parameters
+    in a group without decay (``scripts.engine.trainable_parameters``). In a distributed training the multi-GPU
+    overlay wraps the loss with the network in ``DistributedDataParallel``, which averages its gradient too.
 
     Args:
         include_background: average over class 0 too or over the foreground classes only. With a sigmoid (one
@@ -142,8 +143,8 @@ class RobustTLoss(SegmentationLoss):
         else:
             voxels = inputs.mask.sum(dim=inputs.spatial_dims, dtype=torch.float64)
         if self.batch:
-            squared = squared.sum(dim=0, keepdim=True)
-            voxels = voxels.sum(dim=0, keepdim=True)
+            squared = sum_across_ranks(squared.sum(dim=0, keepdim=True))
+            voxels = sum_across_ranks(voxels.sum(dim=0, keepdim=True))
 
         nu_tilde = self.nu_tilde.to(device=squared.device, dtype=torch.float64).clamp(*NU_TILDE_RANGE)
         nu = torch.exp(nu_tilde) + self.epsilon

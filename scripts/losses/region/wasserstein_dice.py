@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..base import SegmentationInputs, SegmentationLoss, check_number
+from ..distributed import sum_across_ranks
 from ..registry import register_loss
 
 WEIGHTING_MODES = ("default", "GDL")
@@ -115,8 +116,8 @@ class GeneralizedWassersteinDiceLoss(SegmentationLoss):
         target_cost = (distances * confusion).sum(dim=1)
         target_volume = inputs.target_volumes
         if self.batch:
-            target_cost = target_cost.sum(dim=0, keepdim=True)
-            target_volume = target_volume.sum(dim=0, keepdim=True)
+            target_cost = sum_across_ranks(target_cost.sum(dim=0, keepdim=True))
+            target_volume = sum_across_ranks(target_volume.sum(dim=0, keepdim=True))
 
         alpha = self.true_positive_weights(distances, target_volume, inputs)
         true_positives = (alpha * (target_volume - target_cost)).sum(dim=1)
