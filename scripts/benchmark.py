@@ -18,17 +18,22 @@ On CPU, PyTorch keeps no allocator statistics, so the pass runs once under ``tor
 "Total Allocated" field counts the bytes allocated since the profiler started, and the peak is the largest such
 value. This counts tensor storage (the gradient of the logits included), not Python objects or allocator slack.
 
+Inputs: the labels are one ball per foreground class (so boundary losses see boundaries, not noise), and the
+logits are ``3 * one_hot(labels)`` plus standard-normal noise, a prediction that is right on most voxels, as in
+the middle of a training.
+
 Losses that need more than logits and target (a distance map, an auxiliary head's output) list those inputs in
-``extra_inputs``. A loss module provides them by registering a builder::
+``extra_inputs``. The benchmark builds them once per shape, outside the timed pass, with the first of:
 
-    from scripts.benchmark import EXTRA_INPUT_BUILDERS
+1. a builder registered here, ``EXTRA_INPUT_BUILDERS[name] = lambda logits, labels: {...}``;
+2. the function ``example_extra_inputs(logits, labels)`` of the loss's own module (the auxiliary-head losses);
+3. :func:`scripts.losses.extra_inputs.example_extra_inputs`, which computes the ground-truth distance maps as the
+   pipeline's ``DistanceMapd`` does.
 
-    EXTRA_INPUT_BUILDERS["boundary"] = lambda logits, labels: {"distance_map": signed_distances(labels)}
-
-The builder receives the logits ``(B, C, *spatial)`` and the index labels ``(B, 1, *spatial)`` and returns the
-keyword arguments of the loss's forward(). The benchmark calls it once per shape, outside the timed pass. A loss
-whose extra inputs no builder provides is skipped with the reason printed under the table. This module imports
-the losses only when a benchmark runs, so loss modules can import it.
+The builders receive the logits ``(B, C, *spatial)`` and the index labels ``(B, 1, *spatial)`` and return the
+keyword arguments of the loss's forward(). Maps of the prediction (the Hausdorff loss's) are computed inside the
+timed pass, as in training. A loss whose extra inputs no builder provides is skipped with the reason printed under
+the table. This module imports the losses only when a benchmark runs, so loss modules can import it.
 """
 
 from __future__ import annotations
@@ -209,12 +214,14 @@ def run_shape(
     notes: list[str] = []
 
     for spec in specs:
-        if spec.extra_inputs and spec.name not in EXTRA_INPUT_BUILDERS:
-            skipped.append(f"{spec.name}: needs {', '.join(spec.extra_inputs)} but no builder in EXTRA_INPUT_BUILDERS")
-            continue
         counterpart = counterparts.get(spec.name)
-        loss = build_loss(spec.name, **(counterpart.settings if counterpart else {})).to(device)
-        extra = EXTRA_INPUT_BUILDERS[spec.name](logits, labels) if spec.extra_inputs else {}
+        settings = {**_build_settings(spec.name), **(counterpart.settings if counterpart else {})}
+        loss = build_loss(spec.name, **settings).to(device)
+        try:
+            extra = _example_extra_inputs(spec.name, loss, logits, labels)
+        except ValueError as error:
+            skipped.append(f"{spec.name}: {error}")
+            continue
         entry = Entry(spec.name, _loss_step(loss, labels, extra), logits)
         rows.append(Row(spec.name, spec.family, entry, measure_peak_bytes(entry.compute, logits)))
         if counterpart is not None:
@@ -229,12 +236,53 @@ def run_shape(
 
 
 def random_inputs(shape: tuple[int, ...], device: torch.device, seed: int) -> tuple[Tensor, Tensor]:
-    """Return standard-normal logits and uniform index labels ``(B, 1, *spatial)`` with every class present."""
+    """Return index labels ``(B, 1, *spatial)`` with one ball per foreground class, and logits that mostly agree.
+
+    Each sample's balls have random centres and radii between 1/8 and 1/4 of the smallest spatial size. The
+    logits are ``3 * one_hot(labels)`` plus standard-normal noise.
+    """
     generator = torch.Generator().manual_seed(seed)
-    logits = torch.randn(shape, generator=generator)
-    labels = torch.randint(0, shape[1], (shape[0], 1, *shape[2:]), generator=generator)
-    labels.view(shape[0], -1)[:, : shape[1]] = torch.arange(shape[1])
+    batch, channels, spatial = shape[0], shape[1], shape[2:]
+    grids = torch.meshgrid(*[torch.arange(size, dtype=torch.float32) for size in spatial], indexing="ij")
+    labels = torch.zeros((batch, 1, *spatial), dtype=torch.long)
+    smallest = min(spatial)
+    for sample in range(batch):
+        for label in range(1, max(channels, 2)):
+            radius = smallest * (0.125 + 0.125 * torch.rand((), generator=generator).item())
+            centre = [radius + (size - 2 * radius) * torch.rand((), generator=generator).item() for size in spatial]
+            squared = sum((grid - c) ** 2 for grid, c in zip(grids, centre))
+            labels[sample, 0][squared <= radius**2] = label
+    if channels == 1:
+        logits = 3.0 * (2.0 * labels.float() - 1.0)
+    else:
+        logits = 3.0 * torch.zeros(shape).scatter_(1, labels, 1.0)
+    logits = logits + torch.randn(logits.shape, generator=generator)
     return logits.to(device), labels.to(device)
+
+
+def _build_settings(name: str) -> dict[str, Any]:
+    """Hyperparameters a loss needs to be built at all in a benchmark (InverseForm: an inverse network)."""
+    if name != "inverse_form":
+        return {}
+    from scripts.losses.boundary.inverse_form import InverseFormNet, save_inverse_form_net
+
+    # A randomly initialised network costs the same as a trained one.
+    folder = tempfile.mkdtemp(prefix="seglosses-benchmark-")
+    return {"checkpoint": str(save_inverse_form_net(InverseFormNet(), f"{folder}/inverse_form_net.pt"))}
+
+
+def _example_extra_inputs(name: str, loss: torch.nn.Module, logits: Tensor, labels: Tensor) -> dict[str, Any]:
+    """Build the extra inputs of ``loss`` (see the module docstring); raise ``ValueError`` when none is found."""
+    if not getattr(loss, "extra_inputs", ()):
+        return {}
+    if name in EXTRA_INPUT_BUILDERS:
+        return EXTRA_INPUT_BUILDERS[name](logits, labels)
+    module = sys.modules[type(loss).__module__]
+    if hasattr(module, "example_extra_inputs"):
+        return module.example_extra_inputs(logits, labels)
+    from scripts.losses.extra_inputs import example_extra_inputs
+
+    return example_extra_inputs(loss, logits, labels)
 
 
 def measure_peak_bytes(compute: Callable[[Tensor], Tensor], logits: Tensor) -> int:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scripts import BUNDLE_ROOT
-from scripts.benchmark import EXTRA_INPUT_BUILDERS, FLOOR_NAME, losses
+from scripts.benchmark import EXTRA_INPUT_BUILDERS, FLOOR_NAME, losses, random_inputs
 from scripts.losses import SegmentationLoss
 from scripts.losses.registry import _REGISTRY, LossSpec
 
@@ -73,7 +73,7 @@ def test_benchmark_skips_loss_without_input_builder(capsys, distance_map_loss):
     losses(names=[distance_map_loss, "dice"], dims="2d", **TINY)
     output = capsys.readouterr().out
 
-    assert "Skipped needs_distance_map: needs distance_map but no builder in EXTRA_INPUT_BUILDERS." in output
+    assert "Skipped needs_distance_map: no example builder for the extra inputs ['distance_map']" in output
     assert "needs_distance_map" not in table_rows(output)
     assert "dice" in table_rows(output)
 
@@ -86,6 +86,22 @@ def test_benchmark_uses_registered_input_builder(capsys, distance_map_loss, monk
     losses(names=distance_map_loss, dims="2d", **TINY)
 
     assert distance_map_loss in table_rows(capsys.readouterr().out)
+
+
+def test_benchmark_builds_maps_and_head_outputs(capsys):
+    # The boundary loss reads a pipeline map, conditional_boundary the outputs of a network wrapper.
+    losses(names="boundary,conditional_boundary", dims="3d", shape_3d=(1, 3, 12, 12, 12), repeats=1, warmup=0)
+    rows = table_rows(capsys.readouterr().out)
+
+    assert "boundary" in rows
+    assert "conditional_boundary" in rows
+
+
+def test_benchmark_inputs_have_balls_and_mostly_right_logits():
+    logits, labels = random_inputs((2, 3, 16, 16, 16), torch.device("cpu"), seed=0)
+
+    assert set(labels.unique().tolist()) == {0, 1, 2}
+    assert (logits.argmax(dim=1, keepdim=True) == labels).float().mean() > 0.9
 
 
 def test_benchmark_cpu_timer(capsys):
