@@ -265,7 +265,7 @@ def random_inputs(shape: tuple[int, ...], device: torch.device, seed: int) -> tu
 
 
 def _build_settings(name: str) -> dict[str, Any]:
-    """Hyperparameters a loss needs to be built at all in a benchmark (weighted_sum: members; InverseForm: a network)."""
+    """Hyperparameters a loss needs to be built in a benchmark (weighted_sum: members; InverseForm: a network)."""
     if name == "weighted_sum":
         # The members of configs/losses/weighted_sum.yaml: cross-entropy plus Dice, nnU-Net's combination.
         return {"losses": {"cross_entropy": {"weight": 1.0}, "dice": {"weight": 1.0}}}
