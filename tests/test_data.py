@@ -164,6 +164,13 @@ def test_prepare_split_writes_split_json(dataset_dir, tmp_path):
     assert written["dataset"]["num_validation"] == 5
 
 
+@pytest.mark.parametrize("max_cases", [0, "null", 2.5, True])
+def test_prepare_split_rejects_bad_max_cases(dataset_dir, tmp_path, max_cases):
+    # "null" is what a command-line --max_cases null arrives as; the message points to None instead.
+    with pytest.raises(ValueError, match=f"max_cases .*got {max_cases!r}.*--max_cases None"):
+        prepare_split(dataset_dir, fold=0, output_dir=tmp_path, max_cases=max_cases, check_data=False)
+
+
 def test_inference_datalist_from_folder_and_file(dataset_dir, tmp_path):
     task = copy_task(dataset_dir, tmp_path / "task", cases=2)
     (tmp_path / "list.json").write_text(json.dumps([{"image": "task/imagesTr/hippocampus_001.nii.gz"}]))

@@ -79,8 +79,11 @@ def prepare_split(
     cases = load_datalist(dataset_dir, check_files=not check_data)
     split: dict[str, Any] = fold_split(cases, fold=fold, num_folds=num_folds, seed=seed)
     if max_cases is not None:
-        if max_cases < 1:
-            raise ValueError(f"max_cases must be a positive number of cases or None, got {max_cases}.")
+        if isinstance(max_cases, bool) or not isinstance(max_cases, int) or max_cases < 1:
+            raise ValueError(
+                f"max_cases must be a positive number of cases or None, got {max_cases!r}; "
+                "on the command line, --max_cases None keeps every case."
+            )
         split = {key: cases[:max_cases] for key, cases in split.items()}
     if check_data:
         split = _check_split(dataset_dir, split, output_dir, skip_broken_cases)
