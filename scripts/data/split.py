@@ -81,8 +81,8 @@ def prepare_split(
     if max_cases is not None:
         if isinstance(max_cases, bool) or not isinstance(max_cases, int) or max_cases < 1:
             raise ValueError(
-                f"max_cases must be a positive number of cases or None, got {max_cases!r}; "
-                "on the command line, --max_cases None keeps every case."
+                f"max_cases must be a positive number of cases or None, got {max_cases!r}. "
+                "On the command line, --max_cases None keeps every case."
             )
         split = {key: cases[:max_cases] for key, cases in split.items()}
     if check_data:
