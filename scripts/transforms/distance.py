@@ -104,6 +104,19 @@ def label_spacing(label: Tensor | np.ndarray, spatial_dims: int) -> tuple[float,
     return tuple(affine_to_spacing(affine, r=spatial_dims).tolist())
 
 
+def sample_spacings(label: Tensor | np.ndarray, spatial_dims: int) -> list[tuple[float, ...]] | None:
+    """Return the voxel spacing of every sample of a batched MetaTensor, or ``None`` for a tensor without metadata.
+
+    Random scaling in the training transforms changes each sample's affine. The samples of one batch can thus have
+    different spacings, and a map computed per sample uses its own.
+    """
+    if not isinstance(label, MetaTensor):
+        return None
+    affine = label.affine
+    matrices = affine if affine.ndim == 3 else affine.unsqueeze(0).expand(label.shape[0], -1, -1)
+    return [tuple(affine_to_spacing(matrix, r=spatial_dims).tolist()) for matrix in matrices]
+
+
 class DistanceMapd(MapTransform):
     """Compute per-class distance maps from a class-index label and store them under a new key.
 

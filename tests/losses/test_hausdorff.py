@@ -88,6 +88,22 @@ def test_hausdorff_dt_spacing_from_meta_tensor():
     assert explicit.item() == pytest.approx(from_meta.item(), abs=1e-12)
 
 
+def test_hausdorff_dt_per_sample_spacing():
+    # Random scaling gives the samples of one batch different affines. Each d_p uses its own sample's spacing.
+    logits, _ = row_inputs()
+    affines = [torch.diag(torch.tensor([1.0, scale, 1.0, 1.0])) for scale in (1.0, 2.0)]
+    maps = [
+        MetaTensor(class_distance_maps(MetaTensor(ROW_LABELS.double(), affine=affine), 2, "boundary", batched=True))
+        for affine in affines
+    ]
+    batched_map = MetaTensor(torch.cat([m.as_tensor() for m in maps]).double(), affine=torch.stack(affines))
+    loss = build_loss("hausdorff", reduction="none")
+
+    values = loss(logits.repeat(2, 1, 1, 1), ROW_LABELS.repeat(2, 1, 1, 1), boundary_distance_map=batched_map)
+
+    torch.testing.assert_close(values, torch.tensor([0.025, 4 * 0.025], dtype=values.dtype), rtol=0, atol=1e-12)
+
+
 def test_hausdorff_alpha_scales_the_distance_weights():
     logits, extras = row_inputs()
 

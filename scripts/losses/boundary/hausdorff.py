@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...distance_maps import boundary_distance_map
-from ...transforms.distance import label_spacing
+from ...transforms.distance import sample_spacings
 from ..base import SegmentationInputs, SegmentationLoss
 from ..extra_inputs import check_extra_input_names, class_map_input
 from ..registry import register_loss
@@ -44,7 +44,7 @@ class HausdorffLoss(SegmentationLoss):
       same map for the predicted segmentation (the argmax of the logits, ``p > 0.5`` for one sigmoid channel),
       computed in every call on the logits' device with :func:`scripts.distance_maps.boundary_distance_map`
       (SciPy on CPU, cuCIM or torch on CUDA), without gradient, as in the paper. Its spacing is ``spacing``, or
-      the spacing in the affine of a MetaTensor ``boundary_distance_map``, or 1 per axis.
+      the spacing in each sample's affine of a MetaTensor ``boundary_distance_map``, or 1 per axis.
     * ``variant="erosion"``: ``K`` successive soft erosions of the squared error ``(p - q)^2``, the ``k``-th
       weighted by ``k^alpha``:
 
@@ -165,12 +165,27 @@ class HausdorffLoss(SegmentationLoss):
         self, inputs: SegmentationInputs, extra_inputs: dict[str, Any], probs: Tensor, target: Tensor
     ) -> Tensor:
         spatial_dims = len(inputs.spatial_dims)
-        spacing = self.spacing or label_spacing(extra_inputs.get("boundary_distance_map"), spatial_dims)
+        batch_size = probs.shape[0]
+        if self.spacing is not None:
+            spacings = [self.spacing] * batch_size
+        else:
+            spacings = sample_spacings(extra_inputs.get("boundary_distance_map"), spatial_dims)
+            spacings = spacings or [None] * batch_size
         target_distance = class_map_input(self, extra_inputs, "boundary_distance_map", inputs)
         target_distance = target_distance[:, inputs.region_classes]
         with torch.no_grad():
             predicted = predicted_masks(inputs)[:, inputs.region_classes]
-            predicted_distance = boundary_distance_map(predicted, spacing, spatial_dims).to(probs.dtype)
+            if len(set(spacings)) == 1:
+                predicted_distance = boundary_distance_map(predicted, spacings[0], spatial_dims)
+            else:
+                # Random scaling gives the samples of a batch different spacings, as in their target maps.
+                predicted_distance = torch.cat(
+                    [
+                        boundary_distance_map(predicted[index : index + 1], spacing, spatial_dims)
+                        for index, spacing in enumerate(spacings)
+                    ]
+                )
+            predicted_distance = predicted_distance.to(probs.dtype)
             weight = predicted_distance**self.alpha + target_distance**self.alpha
         return (probs - target) ** 2 * weight
 
