@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from .checkpoints import BestModelSaver
-from .losses.base import as_bool
+from .options import as_bool
 from .tracking import MLflowTracker
 
 logger = logging.getLogger(__name__)

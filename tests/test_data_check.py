@@ -251,6 +251,16 @@ def test_prepare_split_refuses_broken_dataset(broken_task, tmp_path):
     assert not (tmp_path / "split.json").exists()
 
 
+def test_prepare_split_reads_false_from_command_line(broken_task, tmp_path):
+    # A command line gives "--skip_broken_cases false" as the string "false", which must not count as true.
+    task, _ = broken_task
+
+    with pytest.raises(ValueError, match="the dataset check found problems"):
+        prepare_split(task, fold=0, output_dir=tmp_path, check_data="true", skip_broken_cases="false")
+    with pytest.raises(ValueError, match="skip_broken_cases must be true or false, got 'no'"):
+        prepare_split(task, fold=0, output_dir=tmp_path, check_data=True, skip_broken_cases="no")
+
+
 def test_prepare_split_skips_broken_cases_keeping_folds(broken_task, tmp_path):
     task, _ = broken_task
     report = check_dataset(task)

@@ -113,11 +113,13 @@ def running_server(server):
     return server
 
 
-def test_unreachable_server_fails_before_training(dataset_dir, tmp_path):
+# A command line gives "false" as a string, which must keep the fallback off.
+@pytest.mark.parametrize("fallback", [[], ["--tracking_fallback", "false"]], ids=["default", "false"])
+def test_unreachable_server_fails_before_training(dataset_dir, tmp_path, fallback):
     uri = f"http://127.0.0.1:{free_port()}"
     output_dir = tmp_path / "outputs"
 
-    result = run_training(dataset_dir, output_dir, "--max_epochs", "1", "--tracking_uri", uri, check=False)
+    result = run_training(dataset_dir, output_dir, "--max_epochs", "1", "--tracking_uri", uri, *fallback, check=False)
 
     assert result.returncode != 0
     assert f"MLflow tracking server {uri} cannot be reached" in result.stderr

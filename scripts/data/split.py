@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..options import as_bool
 from .check import check_dataset
 from .datalist import load_datalist, read_dataset_json
 
@@ -74,6 +75,8 @@ def prepare_split(
         ValueError: with ``check_data`` and without ``skip_broken_cases``, when the check finds a problem; the
             message contains the whole report. Also when skipping leaves a list without cases.
     """
+    check_data = as_bool("check_data", check_data)
+    skip_broken_cases = as_bool("skip_broken_cases", skip_broken_cases)
     content = read_dataset_json(dataset_dir)
     # With the check, a missing file is one problem of the report instead of an error on its own.
     cases = load_datalist(dataset_dir, check_files=not check_data)

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..options import as_bool  # noqa: F401 - re-exported for the losses
 from .distributed import pooling_across_ranks, sum_across_ranks
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -493,23 +494,6 @@ def check_logits(logits: Tensor) -> None:
             f"logits contain {bad.numel()} non-finite values (first: {bad[0].item()}); the network diverged or "
             "its input contains NaN/inf. Lower the learning rate or check the input images."
         )
-
-
-def as_bool(name: str, value: Any) -> bool:
-    """Return a boolean option, accepting ``"true"``/``"false"`` in any case as a command line gives them.
-
-    ``bool("false")`` is ``True``, so a plain cast would silently invert a flag passed as ``--loss#batch false``.
-
-    Raises:
-        ValueError: for any other value.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def require_real(name: str, value: Any) -> float:
