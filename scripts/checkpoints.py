@@ -122,8 +122,8 @@ class TrainingCheckpoint:
     ``resume`` decides what a run does with an existing checkpoint:
 
     - ``auto``: continue an unfinished training with the same settings. Start a new training when there is no
-      checkpoint or when it contains a finished training. Raise when it contains an unfinished training with other
-      settings, because starting over would overwrite it.
+      checkpoint, or when it contains a finished training or one that completed no epoch. Raise when it contains a
+      training with completed epochs and other settings, because starting over would overwrite it.
     - ``never``: start a new training and overwrite the checkpoint.
     - ``must``: continue, and raise when there is nothing to continue.
 
@@ -262,6 +262,15 @@ class TrainingCheckpoint:
                 f"resume is 'must' but {self.path} contains a finished training (epoch {checkpoint['epoch']}), so "
                 "nothing is left to resume. Pass --resume never to train again from the start."
             )
+        if differences and not checkpoint.get("epoch") and self.resume == "auto":
+            # A training that failed in its first epoch (a wrong option, say) leaves no epoch worth keeping.
+            logger.info(
+                "%s contains a training that completed no epoch, with other settings (%s); starting a new training "
+                "that overwrites it.",
+                self.path,
+                "; ".join(differences),
+            )
+            return None
         if differences:
             raise ValueError(
                 f"{self.path} contains an unfinished training (epoch {checkpoint['epoch']}) with other settings: "

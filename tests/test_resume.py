@@ -123,14 +123,23 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     assert [item.name for item in tmp_path.iterdir()] == ["model.pt"]
 
 
-def tiny_training(path: Path, settings: dict, resume: str = "auto", stop_after: int | None = None, epochs: int = 3):
-    """Train a linear model on 4 numbers for ``epochs`` with a TrainingCheckpoint; optionally stop early."""
+def tiny_training(
+    path: Path,
+    settings: dict,
+    resume: str = "auto",
+    stop_after: int | None = None,
+    epochs: int = 3,
+    fail_at_first_step: bool = False,
+):
+    """Train a linear model on 4 numbers for ``epochs`` with a TrainingCheckpoint; optionally stop early or fail."""
     torch.manual_seed(0)
     network = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
 
     def step(engine, batch):
+        if fail_at_first_step:
+            raise ZeroDivisionError("a wrong option")
         optimizer.zero_grad()
         loss = (network(torch.tensor([[float(batch)]])) ** 2).mean()
         loss.backward()
@@ -188,6 +197,20 @@ def test_resume_rejects_other_settings(tmp_path):
     assert "learning_rate: 0.1 -> 0.01" in message
     assert "--resume never" in message
     assert torch.load(path, weights_only=True)["epoch"] == 1
+
+
+def test_failed_first_epoch_does_not_block_other_settings(tmp_path):
+    # The corrected command after a first step that raised (a wrong option) must not be refused.
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(ZeroDivisionError):
+        tiny_training(path, {"learning_rate": 0.1}, fail_at_first_step=True)
+    assert torch.load(path, weights_only=True)["epoch"] == 0
+
+    trainer, _, checkpoint = tiny_training(path, {"learning_rate": 0.01})
+
+    assert checkpoint.resumed_epoch is None
+    assert trainer.state.iteration == 12
+    assert torch.load(path, weights_only=True)["finished"]
 
 
 def test_resume_never_starts_over(tmp_path):
