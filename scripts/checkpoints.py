@@ -14,9 +14,9 @@ import json
 import logging
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from ignite.engine import Engine, Events
@@ -37,6 +37,16 @@ def atomic_save(content: Any, path: str | Path) -> None:
     ``path`` (a rename within one file system is atomic on POSIX and Windows). Temporary files of earlier writes
     that were killed are removed.
     """
+    _atomic_write(path, lambda stream: torch.save(content, stream))
+
+
+def atomic_write_json(content: Any, path: str | Path) -> None:
+    """Write ``content`` as indented JSON to ``path``, atomically as :func:`atomic_save` does."""
+    text = json.dumps(content, indent=2, sort_keys=True) + "\n"
+    _atomic_write(path, lambda stream: stream.write(text.encode()))
+
+
+def _atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
@@ -44,7 +54,7 @@ def atomic_save(content: Any, path: str | Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as stream:
-            torch.save(content, stream)
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -84,14 +94,26 @@ class BestModelSaver:
     MONAI 1.6.1 it deletes the previous best file before writing the new one, non-atomically, so a process killed
     in between loses the best model or leaves a truncated one.
 
+    Beside the weights, ``model.json`` (the same name with ``.json``) records what produced them: ``description``
+    (the loss, fold and seed in the bundle's config), the training's MLflow run id (which
+    :class:`scripts.tracking.MLflowTracker` sets on the evaluator), the epoch and the metric. The
+    evaluation overlay reads it to name and link its run.
+
     Args:
         network: the network whose ``state_dict`` is saved (wrappers such as ``DataParallel`` are removed).
         path: the file, e.g. ``models/model.pt``; the inference config loads it.
+        description: values to record in the JSON file beside the weights.
     """
 
-    def __init__(self, network: nn.Module, path: str | Path) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        path: str | Path,
+        description: Mapping[str, Any] | None = None,
+    ) -> None:
         self.network = network
         self.path = Path(path)
+        self.description = dict(description or {})
 
     def attach(self, evaluator: Engine) -> None:
         evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.save_if_best)
@@ -100,6 +122,15 @@ class BestModelSaver:
         if evaluator.state.best_metric_epoch != evaluator.state.epoch:
             return
         atomic_save(unwrap(self.network).state_dict(), self.path)
+        atomic_write_json(
+            {
+                **_as_json(self.description),
+                "training_run_id": getattr(evaluator, "training_run_id", None),
+                "epoch": int(evaluator.state.best_metric_epoch),
+                evaluator.state.key_metric_name: float(evaluator.state.best_metric),
+            },
+            self.path.with_suffix(".json"),
+        )
         logger.info(
             "Saved the best model (%s %.4f at epoch %d) to %s.",
             evaluator.state.key_metric_name,

@@ -35,6 +35,46 @@ def require_checkpoint(path: str | Path) -> str:
     return str(path)
 
 
+def trained_model_description(checkpoint: str | Path, loss_name: str, fold: int | None = None) -> dict[str, Any]:
+    """Return what ``model.json`` beside ``checkpoint`` records of its training, with the loss to name the run by.
+
+    The loss comes from the file when it has one, so that an evaluation run without the training's loss overlay
+    still carries the loss that trained the weights. A config loss that differs is logged as a warning, and so is a
+    config fold that differs from the training's (its validation cases then include training cases). Without the
+    file (a checkpoint from elsewhere), the config's loss is used and the training run is unknown.
+    """
+    path = Path(checkpoint).expanduser().with_suffix(".json")
+    try:
+        description = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"loss": loss_name, "training_run_id": "unknown"}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read as JSON ({error}); delete it or train again.") from error
+    trained_loss = description.get("loss", loss_name)
+    if trained_loss != loss_name:
+        logger.warning(
+            "%s was trained with the loss %r (MLflow run %s), but the config's loss is %r; the evaluation run is "
+            "named and tagged after %r. Pass the training's loss overlay to silence this warning.",
+            checkpoint,
+            trained_loss,
+            description.get("training_run_id"),
+            loss_name,
+            trained_loss,
+        )
+    trained_fold = description.get("fold")
+    if fold is not None and trained_fold is not None and int(trained_fold) != int(fold):
+        logger.warning(
+            "%s was trained on fold %s, but the config's fold is %s: the validation cases of fold %s include cases "
+            "this model trained on. Pass --fold %s to evaluate on its held-out cases.",
+            checkpoint,
+            trained_fold,
+            fold,
+            fold,
+            trained_fold,
+        )
+    return {**description, "loss": trained_loss, "training_run_id": description.get("training_run_id") or "unknown"}
+
+
 class CaseMetricsWriter:
     """Write the per-case metrics of an evaluator run to CSV and JSON, and log them to a new MLflow run.
 

@@ -280,6 +280,7 @@ class MLflowTracker:
             tags["tracking_fallback_from"] = self.requested_tracking_uri
         run = self.mlflow_client.create_run(experiment_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
+        self._announce_run()
         logger.info(
             "MLflow run %s (%s) in experiment %r at %s.",
             self.run_name,
@@ -341,6 +342,11 @@ class MLflowTracker:
         raise error
 
     # Resuming.
+
+    def _announce_run(self) -> None:
+        # The evaluator carries the run id to handlers that record it beside their files (BestModelSaver).
+        if self.evaluator is not None:
+            self.evaluator.training_run_id = self.run_id
 
     def resume_state(self) -> dict[str, Any]:
         """Return what a resumed training needs to continue this run: its id, store and logged history."""
@@ -469,6 +475,7 @@ class MLflowTracker:
                 ) from error
             raise
         self.run_id = run_id
+        self._announce_run()
         # Calls the killed process kept during an outage go first, so the steps below include them.
         self.client.flush()
         for key in run.data.metrics:

@@ -19,6 +19,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from scripts import BUNDLE_ROOT
+from scripts.evaluation import trained_model_description
 
 CONFIGS = Path(BUNDLE_ROOT) / "configs"
 META = str(Path(BUNDLE_ROOT) / "metadata.json")
@@ -81,6 +82,11 @@ def test_training_writes_checkpoint_and_split(trained):
     split = json.loads((trained / "split.json").read_text())
 
     assert (trained / "models" / "model.pt").is_file()
+    description = json.loads((trained / "models" / "model.json").read_text())
+    _, found = runs(trained)
+    assert description["loss"] == "combo"
+    assert (description["fold"], description["seed"]) == (0, 0)
+    assert description["training_run_id"] == found[0].info.run_id
     assert len(split["training"]) == 4
     assert len(split["validation"]) == 4
     assert split["dataset"]["fold"] == 0
@@ -185,6 +191,8 @@ def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
     evaluation = [run for run in found if run.data.tags.get("evaluation") == "true"]
     assert len(evaluation) == 1
     assert "eval_dice.Anterior" in evaluation[0].data.metrics
+    assert evaluation[0].data.params["training_run_id"] == found[0].info.run_id
+    assert evaluation[0].info.run_name == "evaluate-combo-fold0"
     assert {artifact.path for artifact in client.list_artifacts(evaluation[0].info.run_id)} == {
         "cases.csv",
         "summary.json",
@@ -347,3 +355,29 @@ def test_missing_dataset_dir_fails_with_download_hint(tmp_path):
     assert result.returncode != 0
     assert "no_such_task not found" in result.stderr
     assert "python -m scripts.data download" in result.stderr
+
+
+def test_evaluation_names_the_loss_that_trained_the_model(tmp_path, caplog):
+    # A model trained with the dice overlay, evaluated with the plain configs (whose loss is combo) on fold 1.
+    (tmp_path / "model.json").write_text(json.dumps({"loss": "dice", "fold": 0, "training_run_id": "abc"}))
+
+    with caplog.at_level("WARNING", logger="scripts.evaluation"):
+        description = trained_model_description(tmp_path / "model.pt", "combo", fold=1)
+
+    assert description["loss"] == "dice"
+    assert description["training_run_id"] == "abc"
+    assert "trained with the loss 'dice' (MLflow run abc), but the config's loss is 'combo'" in caplog.text
+    assert "Pass --fold 0" in caplog.text
+
+
+def test_evaluation_without_model_description_uses_config(tmp_path):
+    description = trained_model_description(tmp_path / "model.pt", "combo", fold=0)
+
+    assert description == {"loss": "combo", "training_run_id": "unknown"}
+
+
+def test_evaluation_rejects_unreadable_model_description(tmp_path):
+    (tmp_path / "model.json").write_text("{not json")
+
+    with pytest.raises(ValueError, match=r"model.json cannot be read as JSON .*delete it or train again"):
+        trained_model_description(tmp_path / "model.pt", "combo")
