@@ -234,8 +234,8 @@ def _markdown(
         f"{_missed_summary(results.records)}.",
         f"- Statistics: mean +- standard deviation over (case, seed) of the mean over classes; rank 1 is the best "
         f"mean; two-sided Wilcoxon signed-rank test of each loss against `{settings.reference}` over the cases "
-        f"(each case's value averaged over seeds), Holm-corrected over the {max(len(losses) - 1, 0)} comparisons of "
-        "each metric.",
+        f"(each case's value averaged over seeds), Holm-corrected over {_count(max(len(losses) - 1, 0), 'comparison')} "
+        "of each metric.",
         "",
         "## What this budget can and cannot support",
         "",
@@ -344,8 +344,9 @@ def _limitations(results: StudyResults) -> list[str]:
             "comparison of the losses."
         )
     items.append(
-        f"- With {len(cases)} paired cases and Holm's correction over {max(len(settings.losses) - 1, 0)} "
-        "comparisons, only large and consistent differences reach significance; a non-significant result "
+        f"- With {len(cases)} paired cases and Holm's correction over "
+        f"{_count(max(len(settings.losses) - 1, 0), 'comparison')}, only large and consistent differences reach "
+        "significance; a non-significant result "
         "is not evidence that two losses are equal."
     )
     items.append(
@@ -424,10 +425,17 @@ def _time_summary(seconds: Sequence[float]) -> str:
     if not seconds:
         return "no finished run"
     total = sum(seconds)
+    if len(seconds) == 1:
+        return f"{total / 60:.1f} min for the one run (training and evaluation)"
     return (
         f"{np.mean(seconds) / 60:.1f} min per run on average (training and evaluation, "
         f"{min(seconds) / 60:.1f} to {max(seconds) / 60:.1f}), {total / 3600:.2f} h for the {len(seconds)} runs"
     )
+
+
+def _count(number: int, noun: str) -> str:
+    """Return ``"1 comparison"`` or ``"3 comparisons"``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _case_class_means(records: Sequence[Mapping], metric: str, losses: Sequence[str]) -> dict[str, list[float]]:
