@@ -212,6 +212,7 @@ class MLflowTracker:
         self.requested_tracking_uri = requested_tracking_uri or tracking_uri
         self.retry_interval = retry_interval
         self.run_id: str | None = None
+        self._marked_failed = False
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._resume: dict[str, Any] | None = None
         self._logged_steps: set[tuple[str, int]] = set()
@@ -332,7 +333,9 @@ class MLflowTracker:
         logger.info("MLflow run %s finished.", self.run_id)
 
     def fail(self, engine: Engine, error: BaseException) -> None:
-        if self.run_id is not None:
+        # Ignite fires EXCEPTION_RAISED twice for an error inside an epoch: in the epoch loop and in the run loop.
+        if self.run_id is not None and not self._marked_failed:
+            self._marked_failed = True
             message = f"{type(error).__name__}: {error}"
             self.client.set_tag(self.run_id, "error", message[:MAX_PARAM_LENGTH])
             self._log_learning_curves()

@@ -61,6 +61,7 @@ def test_diverging_training_stops_and_keeps_last_checkpoint(dataset_dir, tmp_pat
     client, runs = training_runs(sqlite_uri(output_dir))
 
     assert result.returncode != 0
+    assert (result.stdout + result.stderr).count(f"MLflow run {runs[0].info.run_id} marked failed") == 1
     assert message.startswith("the network output contains")
     assert "before the loss 'combo'" in message
     assert iteration == (epoch - 1) * epoch_length + within
