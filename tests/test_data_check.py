@@ -279,6 +279,19 @@ def test_prepare_split_skips_broken_cases_keeping_folds(broken_task, tmp_path):
     assert len(written["data_problems"]) == len(report.problems)
 
 
+def test_skipping_every_validation_case_fails_without_skip_hint(dataset_dir, tmp_path):
+    task = copy_cases(dataset_dir, tmp_path / "task", 6)
+    for case in fold_split(load_datalist(task), fold=0)["validation"]:
+        image = Path(case["image"])
+        image.write_bytes(image.read_bytes()[:2000])
+
+    with pytest.raises(ValueError, match="every case of the validation list is broken") as raised:
+        prepare_split(task, fold=0, output_dir=tmp_path, check_data=True, skip_broken_cases=True)
+
+    assert "Fix or replace the files named below" in str(raised.value)
+    assert "--skip_broken_cases true" not in str(raised.value)
+
+
 @pytest.mark.training
 def test_training_refuses_broken_dataset(broken_task, tmp_path):
     task, broken = broken_task

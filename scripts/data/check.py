@@ -82,10 +82,10 @@ class DataCheckReport:
             parts.append(f"{unpaired} outside the listed cases")
         return f"data check of {self.dataset_dir}: {', '.join(parts)} ({self.seconds:.1f} s)."
 
-    def text(self) -> str:
-        """Return the report as printed: one line per problem, the fix, and the summary line last."""
+    def text(self, hint: bool = True) -> str:
+        """Return the report as printed: one line per problem, the fix (unless ``hint`` is off), the summary last."""
         lines = [str(problem) for problem in self.problems]
-        if self.problems:
+        if self.problems and hint:
             lines.append(FIX_HINT)
         lines.append(self.summary())
         return "\n".join(lines)

@@ -149,7 +149,7 @@ def _check_split(
     for key in ("training", "validation"):
         if not kept[key]:
             raise ValueError(
-                f"every case of the {key} list is broken, so nothing is left to train with after skipping them.\n"
-                f"{report.text()}"
+                f"every case of the {key} list is broken, so nothing is left to train with after skipping them. "
+                f"Fix or replace the files named below, or use another dataset_dir.\n{report.text(hint=False)}"
             )
     return {**kept, "skipped": skipped, "data_problems": [str(problem) for problem in report.problems]}
