@@ -111,8 +111,10 @@ class CaseMetric(CumulativeIterationMetric):
             return (present & ~predicted).float()
 
         with warnings.catch_warnings():
-            # MONAI warns about every empty mask; the cells it cannot score are filled below.
+            # MONAI warns about every empty mask; the cells it cannot score are filled below. MONAI 1.6.1's surface
+            # metrics also pass get_mask_edges an argument that it marks deprecated, a warning no caller can act on.
             warnings.simplefilter("ignore", UserWarning)
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
             values = self._monai_values(y_pred, y, spacing).float()
 
         diagonal = math.sqrt(sum((size * step) ** 2 for size, step in zip(y.shape[2:], spacing)))
