@@ -123,3 +123,85 @@ class WeightTransfer:
                 previous[self.target],
                 target,
             )
+
+
+class EqualContribution:
+    """Reweight one member of a ``weighted_sum`` loss each epoch so that it contributes as much as another.
+
+    After every epoch the weight of ``balanced`` becomes ``w_ref * mean(L_ref) / mean(L_bal)``, the means taken over
+    that epoch's iterations (from the loss's ``last_member_losses``). Karimi and Salcudean train their Hausdorff loss
+    this way: ``L = L_HD + lambda L_DSC``, with lambda chosen so that both terms weigh the same on average. The
+    ``hausdorff`` overlay uses it with ``reference: hausdorff`` and ``balanced: dice``. Epoch 1 uses the weights of
+    the config. Each change is logged.
+
+    NOTE: the means live in memory only, so a training resumed from a checkpoint starts its first epoch with the
+    config's weight and rebalances after it.
+
+    Args:
+        loss: a loss with ``current_weights``, ``set_weight`` and ``last_member_losses`` (``weighted_sum``).
+        reference: the member whose contribution sets the scale; its weight is left alone.
+        balanced: the member whose weight follows.
+        eps: smallest mean of ``balanced`` that is divided by; a smaller mean keeps the previous weight.
+
+    Raises:
+        ValueError: for a loss without these attributes, or a reference or balanced member that is not a member,
+            or the same member twice.
+    """
+
+    def __init__(self, loss, reference: str, balanced: str, eps: float = 1e-6) -> None:
+        if not all(hasattr(loss, name) for name in ("current_weights", "set_weight", "last_member_losses")):
+            raise ValueError(
+                f"EqualContribution needs a weighted_sum loss (current_weights, set_weight, last_member_losses), got "
+                f"{type(loss).__name__}; set loss#name to weighted_sum."
+            )
+        members = list(loss.current_weights)
+        for role, name in (("reference", reference), ("balanced", balanced)):
+            if name not in members:
+                raise ValueError(f"the {role} {name!r} is not a member of the loss; its members are {members}.")
+        if reference == balanced:
+            raise ValueError(f"reference and balanced are both {reference!r}; name two different members.")
+        self.loss = loss
+        self.reference = reference
+        self.balanced = balanced
+        self.eps = float(eps)
+        self._sums = {reference: 0.0, balanced: 0.0}
+        self._count = 0
+
+    def attach(self, engine: Engine) -> None:
+        """Accumulate the members' values every iteration and rebalance at the end of every epoch of ``engine``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.rebalance)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self._sums = dict.fromkeys(self._sums, 0.0)
+        self._count = 0
+
+    def accumulate(self, engine: Engine | None = None) -> None:
+        values = self.loss.last_member_losses
+        if self.reference in values and self.balanced in values:
+            for name in self._sums:
+                self._sums[name] += float(values[name])
+            self._count += 1
+
+    def rebalance(self, engine: Engine) -> None:
+        if self._count == 0:
+            return
+        reference_mean = self._sums[self.reference] / self._count
+        balanced_mean = self._sums[self.balanced] / self._count
+        if not (math.isfinite(reference_mean) and math.isfinite(balanced_mean)) or balanced_mean < self.eps:
+            return
+        weights = self.loss.current_weights
+        weight = weights[self.reference] * reference_mean / balanced_mean
+        self.loss.set_weight(self.balanced, weight)
+        logger.info(
+            "epoch %d: mean %s %.4g, mean %s %.4g; weight of %s %.4g -> %.4g",
+            engine.state.epoch,
+            self.reference,
+            reference_mean,
+            self.balanced,
+            balanced_mean,
+            self.balanced,
+            weights[self.balanced],
+            weight,
+        )

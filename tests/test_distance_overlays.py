@@ -88,3 +88,25 @@ def test_boundary_overlay_schedule_runs_on_the_loss():
 
     assert loss.current_weights["generalized_dice"] == pytest.approx(0.98)
     assert loss.current_weights["boundary"] == pytest.approx(0.03)
+
+
+def test_hausdorff_overlay_balances_dice_against_hausdorff():
+    parser = parse_overlay("hausdorff")
+    loss = parser.get_parsed_content("loss")
+    sample = {"label": tiny_label()}
+    for transform in parser.get_parsed_content("loss_transforms"):
+        sample = transform(sample)
+    labels = sample["label"][None]
+    logits = torch.randn((1, 3, *labels.shape[2:]), generator=torch.Generator().manual_seed(0))
+    engine = Engine(
+        lambda engine, batch: loss(logits, labels, boundary_distance_map=sample["boundary_distance_map"][None])
+    )
+    for handler in parser.get_parsed_content("extra_train_handlers"):
+        handler.attach(engine)
+
+    engine.run([0], max_epochs=1)
+    members = loss.last_member_losses
+
+    assert parser.get_parsed_content("loss_name") == "hausdorff"
+    assert loss.current_weights["hausdorff"] == 1.0
+    assert loss.current_weights["dice"] == pytest.approx(float(members["hausdorff"] / members["dice"]), rel=1e-5)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+import torch
 from ignite.engine import Engine
 
 from scripts.losses import build_loss
-from scripts.schedules import WeightTransfer
+from scripts.schedules import EqualContribution, WeightTransfer
 
 KERVADEC = {"generalized_dice": {"weight": 1.0}, "boundary": {"weight": 0.01, "include_background": False}}
 
@@ -108,3 +109,65 @@ def test_transfer_rejects_bad_options(options, message):
 def test_transfer_needs_a_weighted_loss():
     with pytest.raises(ValueError, match="set loss#name to weighted_sum"):
         WeightTransfer(build_loss("dice"), source="a", target="b")
+
+
+def balanced_training(epochs: int) -> tuple[EqualContribution, list[float], list[float]]:
+    """Call a cross-entropy + Dice weighted_sum on two fixed batches per epoch under EqualContribution."""
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        (torch.randn(2, 3, 6, 5, 4, generator=generator), torch.randint(0, 3, (2, 1, 6, 5, 4), generator=generator))
+        for _ in range(2)
+    ]
+    loss = build_loss("weighted_sum", losses={"cross_entropy": 2.0, "dice": 1.0})
+    handler = EqualContribution(loss, reference="cross_entropy", balanced="dice")
+    dice_weights: list[float] = []
+
+    def step(engine: Engine, batch: int) -> None:
+        if batch == 0:
+            dice_weights.append(loss.current_weights["dice"])
+        loss(*batches[batch])
+
+    engine = Engine(step)
+    handler.attach(engine)
+    engine.run([0, 1], max_epochs=epochs)
+    cross_entropy, dice = build_loss("cross_entropy"), build_loss("dice")
+    means = [sum(float(member(*batch)) for batch in batches) / 2 for member in (cross_entropy, dice)]
+    return handler, dice_weights, means
+
+
+def test_equal_contribution_matches_the_means():
+    handler, dice_weights, (cross_entropy_mean, dice_mean) = balanced_training(epochs=3)
+
+    # Epoch 1 runs with the config's weight; later epochs give Dice the weighted mean of the reference.
+    assert dice_weights[0] == 1.0
+    assert dice_weights[1] == pytest.approx(2.0 * cross_entropy_mean / dice_mean, rel=1e-6)
+    assert dice_weights[2] == pytest.approx(dice_weights[1], rel=1e-6)
+    assert handler.loss.current_weights["cross_entropy"] == 2.0
+
+
+def test_equal_contribution_logs_each_change(caplog):
+    with caplog.at_level(logging.INFO, logger="scripts.schedules"):
+        balanced_training(epochs=2)
+
+    assert "epoch 1: mean cross_entropy" in caplog.text
+    assert "weight of dice 1 ->" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        (("cross_entropy", "tversky"), "the balanced 'tversky' is not a member"),
+        (("boundary", "dice"), "the reference 'boundary' is not a member"),
+        (("dice", "dice"), "reference and balanced are both 'dice'"),
+    ],
+)
+def test_equal_contribution_rejects_bad_members(members, message):
+    loss = build_loss("weighted_sum", losses={"cross_entropy": 1.0, "dice": 1.0})
+
+    with pytest.raises(ValueError, match=message):
+        EqualContribution(loss, reference=members[0], balanced=members[1])
+
+
+def test_equal_contribution_needs_a_weighted_loss():
+    with pytest.raises(ValueError, match="set loss#name to weighted_sum"):
+        EqualContribution(build_loss("dice"), reference="a", balanced="b")
