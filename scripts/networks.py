@@ -15,7 +15,10 @@ resolution, which every head here needs. For a network that ends in a 1x1x1 conv
 convolution and the features are the last decoder features. For MONAI's ``UNet`` with residual units, the output
 block is the last ``ResidualUnit`` (``x + conv3x3x3(x)``, no norm or activation). Its input is the output of the
 last transposed convolution, normalised and activated, with ``out_channels`` channels, because MONAI's UNet has no
-wider feature map at full resolution.
+wider feature map at full resolution. ``widest_features=True`` reads the widest input among the blocks that return
+the output instead (for that UNet, the 32 channels at half resolution that enter the last up-sampling block) and
+interpolates it to the logits' resolution: the head then has its own features rather than the 3 channels it
+shares with the segmentation.
 
 A forward pre-hook on the output block captures the features. It is registered for the duration of each training
 forward pass only, so the backbone carries no hook at any other time and ``torch.jit.script`` of it still works.
@@ -27,7 +30,10 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .options import as_bool
 
 __all__ = [
     "AuxiliaryHeadNetwork",
@@ -38,9 +44,12 @@ __all__ = [
 ]
 
 
-def find_output_block(backbone: nn.Module, example_input: Tensor) -> tuple[str, Tensor, Tensor]:
+def find_output_block(backbone: nn.Module, example_input: Tensor, widest: bool = False) -> tuple[str, Tensor, Tensor]:
     """Return the name of the innermost module of ``backbone`` whose output is the network's output, its input and
     the network's output, from one forward pass on ``example_input``.
+
+    With ``widest``, return among those modules the one whose input has the most channels instead (the innermost
+    of equals), whatever its resolution.
 
     Raises:
         ValueError: when no submodule returns the network's output tensor (the output is built outside any
@@ -65,11 +74,16 @@ def find_output_block(backbone: nn.Module, example_input: Tensor) -> tuple[str, 
             f"the backbone returned {type(output).__name__}, not a logits tensor; wrap a network whose forward "
             "returns the segmentation logits."
         )
-    for name, block_input, block_output in calls:
-        if block_output is output:
-            if not isinstance(block_input, Tensor):
-                raise ValueError(f"the output block {name!r} of the backbone does not take a tensor as input.")
-            return name, block_input, output
+    candidates = [(name, block_input) for name, block_input, block_output in calls if block_output is output]
+    if widest:
+        candidates = sorted(
+            [item for item in candidates if isinstance(item[1], Tensor) and item[1].ndim == output.ndim],
+            key=lambda item: -item[1].shape[1],
+        )
+    for name, block_input in candidates:
+        if not isinstance(block_input, Tensor):
+            raise ValueError(f"the output block {name!r} of the backbone does not take a tensor as input.")
+        return name, block_input, output
     raise ValueError(
         "no submodule of the backbone returns the network's output tensor, so its output block cannot be found; "
         "pass output_block='<module name>' naming the module that maps the decoder features to the logits."
@@ -81,6 +95,11 @@ class AuxiliaryHeadNetwork(nn.Module):
 
     Subclasses build their heads in :meth:`build_heads` and compute their outputs in :meth:`head_outputs`.
 
+    NOTE: in the bundle's MONAI UNet the innermost output block is the last residual unit, whose input has only
+    ``out_channels`` (3) channels. The conditional boundary loss, which needs features that the classifier maps voxel
+    for voxel onto the logits, works from those 3 channels; this is the likely reason why it segments worse than
+    the other losses in ``docs/results.md``. The heads of ``boundary_aware`` use ``widest_features`` for that reason.
+
     Args:
         backbone: the segmentation network (for example ``monai.networks.nets.UNet``).
         output_block: name of the module that maps the decoder features to the logits (as in
@@ -88,6 +107,9 @@ class AuxiliaryHeadNetwork(nn.Module):
         probe_shape: input shape ``(1, in_channels, *spatial)`` of the probe pass. ``None`` derives it from the
             backbone's ``in_channels``, ``dimensions``/``spatial_dims`` and ``strides`` attributes (MONAI networks
             have them): each spatial size is four times the product of the strides, or 32.
+        widest_features: read the widest input among the blocks that return the network's output (for MONAI's
+            UNet, the 32 channels at half resolution that enter ``model.2``) instead of the innermost block's, and
+            interpolate it to the logits' resolution before the heads.
 
     Raises:
         ValueError: when the probe shape cannot be derived, when the named output block does not exist, or when
@@ -95,9 +117,14 @@ class AuxiliaryHeadNetwork(nn.Module):
     """
 
     def __init__(
-        self, backbone: nn.Module, output_block: str | None = None, probe_shape: Sequence[int] | None = None
+        self,
+        backbone: nn.Module,
+        output_block: str | None = None,
+        probe_shape: Sequence[int] | None = None,
+        widest_features: bool = False,
     ) -> None:
         super().__init__()
+        self.widest_features = as_bool("widest_features", widest_features)
         if not isinstance(backbone, nn.Module):
             raise ValueError(f"backbone must be a torch.nn.Module, got {type(backbone).__name__}.")
         self.backbone = backbone
@@ -108,14 +135,14 @@ class AuxiliaryHeadNetwork(nn.Module):
         try:
             with torch.no_grad():
                 if output_block is None:
-                    found_name, features, logits = find_output_block(backbone, probe)
+                    found_name, features, logits = find_output_block(backbone, probe, widest=self.widest_features)
                 else:
                     found_name = output_block
                     features, logits = _block_input_and_output(backbone, output_block, probe)
         finally:
             backbone.train(was_training)
 
-        if features.shape[2:] != logits.shape[2:]:
+        if features.shape[2:] != logits.shape[2:] and not self.widest_features:
             raise ValueError(
                 f"the input of the output block {found_name!r} has spatial shape {tuple(features.shape[2:])}, but the "
                 f"logits have {tuple(logits.shape[2:])}; the heads need features at the logits' resolution. Pass "
@@ -151,7 +178,11 @@ class AuxiliaryHeadNetwork(nn.Module):
             handle.remove()
         if not captured:
             raise RuntimeError(f"the output block {self.output_block_name!r} did not run in the backbone's forward.")
-        return {"logits": logits, **self.head_outputs(captured[-1], logits)}
+        features = captured[-1]
+        if features.shape[2:] != logits.shape[2:]:
+            mode = ("linear", "bilinear", "trilinear")[self.spatial_dims - 1]
+            features = F.interpolate(features, size=logits.shape[2:], mode=mode, align_corners=False)
+        return {"logits": logits, **self.head_outputs(features, logits)}
 
 
 class BoundaryAwareNetwork(AuxiliaryHeadNetwork):
@@ -167,6 +198,7 @@ class BoundaryAwareNetwork(AuxiliaryHeadNetwork):
         head_channels: width of the head's hidden layer.
         output_block: see :class:`AuxiliaryHeadNetwork`.
         probe_shape: see :class:`AuxiliaryHeadNetwork`.
+        widest_features: see :class:`AuxiliaryHeadNetwork`.
     """
 
     def __init__(
@@ -176,12 +208,13 @@ class BoundaryAwareNetwork(AuxiliaryHeadNetwork):
         head_channels: int = 16,
         output_block: str | None = None,
         probe_shape: Sequence[int] | None = None,
+        widest_features: bool = False,
     ) -> None:
         _check_positive_int("num_bins", num_bins, minimum=2)
         _check_positive_int("head_channels", head_channels)
         self.num_bins = num_bins
         self.head_channels = head_channels
-        super().__init__(backbone, output_block, probe_shape)
+        super().__init__(backbone, output_block, probe_shape, widest_features)
 
     def build_heads(self) -> None:
         self.distance_bin_head = conv_head(
@@ -202,6 +235,7 @@ class BoundaryHeadNetwork(AuxiliaryHeadNetwork):
         head_channels: width of the head's hidden layer.
         output_block: see :class:`AuxiliaryHeadNetwork`.
         probe_shape: see :class:`AuxiliaryHeadNetwork`.
+        widest_features: see :class:`AuxiliaryHeadNetwork`.
     """
 
     def __init__(
@@ -210,10 +244,11 @@ class BoundaryHeadNetwork(AuxiliaryHeadNetwork):
         head_channels: int = 16,
         output_block: str | None = None,
         probe_shape: Sequence[int] | None = None,
+        widest_features: bool = False,
     ) -> None:
         _check_positive_int("head_channels", head_channels)
         self.head_channels = head_channels
-        super().__init__(backbone, output_block, probe_shape)
+        super().__init__(backbone, output_block, probe_shape, widest_features)
 
     def build_heads(self) -> None:
         self.boundary_head = conv_head(self.spatial_dims, self.feature_channels, self.head_channels, 1)

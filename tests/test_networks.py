@@ -170,6 +170,20 @@ def test_unknown_output_block_name_raises():
         BoundaryHeadNetwork(small_unet(), output_block="model.9")
 
 
+def test_widest_features_are_upsampled_for_the_head():
+    network = BoundaryAwareNetwork(small_unet(), num_bins=4, widest_features=True)
+    network.train()
+
+    outputs = network(torch.zeros(2, 1, 16, 16, 16))
+
+    assert network.output_block_name == "model.2"
+    assert network.feature_channels > 3
+    assert outputs["distance_bin_logits"].shape == (2, 3 * 4, 16, 16, 16)
+    assert set(network.state_dict()) - {f"backbone.{key}" for key in small_unet().state_dict()} == {
+        f"distance_bin_head.{key}" for key in network.distance_bin_head.state_dict()
+    }
+
+
 def test_output_block_at_lower_resolution_raises():
     # Without residual units MONAI's UNet ends in a strided transposed convolution: its input is half resolution.
     with pytest.raises(ValueError, match="num_res_units >= 1"):
