@@ -343,3 +343,26 @@ def test_training_skips_broken_cases_and_logs_them(dataset_dir, tmp_path):
     assert [case["case_id"] for case in problems["skipped"]] == broken_ids
     assert any(str(image) in line for line in problems["problems"])
     assert split["dataset"]["num_training"] == len(training_ids) - 2
+
+
+def _write_many(path: str, text: str) -> None:
+    for _ in range(300):
+        check_module.write_text_atomically(Path(path), text)
+
+
+def test_concurrent_writers_keep_a_whole_file(tmp_path):
+    # Under torchrun every rank writes the check cache and the split to the same path at the same time.
+    import multiprocessing
+
+    path = tmp_path / "data_check_cache.json"
+    texts = [json.dumps({"writer": index, "padding": "x" * 20_000}) for index in range(2)]
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_many, args=(str(path), text)) for text in texts]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    assert path.read_text() in texts
+    assert [item.name for item in tmp_path.iterdir()] == ["data_check_cache.json"]

@@ -460,10 +460,7 @@ class _CaseCache:
     def save(self) -> None:
         if self.path is None or not self.changed:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps({"labels": self.labels, "cases": self.entries}), encoding="utf-8")
-        os.replace(temporary, self.path)
+        write_text_atomically(self.path, json.dumps({"labels": self.labels, "cases": self.entries}))
 
     def _key(self, case: Mapping[str, str]) -> str | None:
         if self.path is None:
@@ -503,3 +500,19 @@ def _plain_number(value: float) -> int | float:
 
 def _folders(folders: Iterable[Path]) -> str:
     return ", ".join(f"{path}/" for path in sorted(folders))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file of this process, then rename it over ``path``.
+
+    Under torchrun every process writes the same files (the check cache, the split): each renames its own
+    temporary file, so no process loses its file to another's rename, and readers never see a partial file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

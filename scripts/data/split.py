@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..options import as_bool
-from .check import check_dataset
+from .check import check_dataset, write_text_atomically
 from .datalist import load_datalist, read_dataset_json
 
 logger = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ def prepare_split(
     }
     if output_dir is not None:
         path = Path(output_dir) / "split.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(split, indent=2) + "\n", encoding="utf-8")
+        write_text_atomically(path, json.dumps(split, indent=2) + "\n")
         logger.info(
             "Fold %d of %d (split seed %d): %d training and %d validation cases, written to %s.",
             fold,
