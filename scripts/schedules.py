@@ -63,17 +63,8 @@ class WeightTransfer:
         start: Mapping[str, float] | None = None,
         keep_total: bool = False,
     ) -> None:
-        if not (hasattr(loss, "current_weights") and hasattr(loss, "set_weight")):
-            raise ValueError(
-                f"WeightTransfer needs a loss with current_weights and set_weight (weighted_sum), got "
-                f"{type(loss).__name__}; set loss#name to weighted_sum."
-            )
-        members = list(loss.current_weights)
-        for role, name in (("source", source), ("target", target)):
-            if name not in members:
-                raise ValueError(f"the {role} {name!r} is not a member of the loss; its members are {members}.")
-        if source == target:
-            raise ValueError(f"source and target are both {source!r}; name two different members.")
+        attributes = ("current_weights", "set_weight")
+        members = _check_members("WeightTransfer", loss, attributes, source=source, target=target)
         for option, value in (("step", step), ("source_floor", source_floor)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{option} must be a finite non-negative number, got {value!r}.")
@@ -149,17 +140,13 @@ class EqualContribution:
     """
 
     def __init__(self, loss, reference: str, balanced: str, eps: float = 1e-6) -> None:
-        if not all(hasattr(loss, name) for name in ("current_weights", "set_weight", "last_member_losses")):
-            raise ValueError(
-                f"EqualContribution needs a weighted_sum loss (current_weights, set_weight, last_member_losses), got "
-                f"{type(loss).__name__}; set loss#name to weighted_sum."
-            )
-        members = list(loss.current_weights)
-        for role, name in (("reference", reference), ("balanced", balanced)):
-            if name not in members:
-                raise ValueError(f"the {role} {name!r} is not a member of the loss; its members are {members}.")
-        if reference == balanced:
-            raise ValueError(f"reference and balanced are both {reference!r}; name two different members.")
+        _check_members(
+            "EqualContribution",
+            loss,
+            ("current_weights", "set_weight", "last_member_losses"),
+            reference=reference,
+            balanced=balanced,
+        )
         self.loss = loss
         self.reference = reference
         self.balanced = balanced
@@ -205,3 +192,20 @@ class EqualContribution:
             weights[self.balanced],
             weight,
         )
+
+
+def _check_members(schedule: str, loss, attributes: tuple[str, ...], **roles: str) -> list[str]:
+    """Return the loss's member names after checking its attributes and that the two ``roles`` name two members."""
+    if not all(hasattr(loss, name) for name in attributes):
+        raise ValueError(
+            f"{schedule} needs a loss with {', '.join(attributes)} (weighted_sum), got {type(loss).__name__}; set "
+            "loss#name to weighted_sum."
+        )
+    members = list(loss.current_weights)
+    for role, name in roles.items():
+        if name not in members:
+            raise ValueError(f"the {role} {name!r} is not a member of the loss; its members are {members}.")
+    (first_role, first), (second_role, second) = roles.items()
+    if first == second:
+        raise ValueError(f"{first_role} and {second_role} are both {first!r}; name two different members.")
+    return members
