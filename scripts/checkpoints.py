@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from .files import atomic_write
 from .random_state import capture_random_states, restore_random_states
 
 logger = logging.getLogger(__name__)
@@ -33,34 +33,16 @@ RESUME_MODES = ("auto", "never", "must")
 def atomic_save(content: Any, path: str | Path) -> None:
     """Write ``torch.save(content)`` to ``path`` so that a reader sees the old file or the new one, never a part.
 
-    The bytes go to a hidden temporary file in the same folder, are flushed to disk, and the file is renamed over
-    ``path`` (a rename within one file system is atomic on POSIX and Windows). Temporary files of earlier writes
-    that were killed are removed.
+    See :func:`scripts.files.atomic_write`. Only one process writes checkpoints, so the temporary files of earlier
+    writes that were killed are removed.
     """
-    _atomic_write(path, lambda stream: torch.save(content, stream))
+    atomic_write(path, lambda stream: torch.save(content, stream), remove_stale=True)
 
 
 def atomic_write_json(content: Any, path: str | Path) -> None:
     """Write ``content`` as indented JSON to ``path``, atomically as :func:`atomic_save` does."""
     text = json.dumps(content, indent=2, sort_keys=True) + "\n"
-    _atomic_write(path, lambda stream: stream.write(text.encode()))
-
-
-def _atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")), remove_stale=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

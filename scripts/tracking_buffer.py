@@ -29,6 +29,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
+from .files import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 UNSENT_FILE = "mlflow_unsent.jsonl"
@@ -300,10 +302,7 @@ def write_unsent(path: str | Path, records: Sequence[dict[str, Any]]) -> None:
     if not records:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    os.replace(temporary, path)
+    atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def replay(path: str, tracking_uri: str | None = None) -> str:

@@ -16,6 +16,7 @@ from training_runs import copy_cases, run_training, sqlite_uri, training_runs
 from scripts import BUNDLE_ROOT
 from scripts.data import check as check_module
 from scripts.data import check_dataset, fold_split, load_datalist, prepare_split
+from scripts.files import atomic_write_text
 
 NUM_CASES = 208
 
@@ -347,7 +348,7 @@ def test_training_skips_broken_cases_and_logs_them(dataset_dir, tmp_path):
 
 def _write_many(path: str, text: str) -> None:
     for _ in range(300):
-        check_module.write_text_atomically(Path(path), text)
+        atomic_write_text(path, text)
 
 
 def test_concurrent_writers_keep_a_whole_file(tmp_path):

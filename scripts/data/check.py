@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import atomic_write_text
 from .datalist import DATASET_JSON, IMAGE_SUFFIXES, case_id_from_path, read_dataset_json
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -460,7 +461,7 @@ class _CaseCache:
     def save(self) -> None:
         if self.path is None or not self.changed:
             return
-        write_text_atomically(self.path, json.dumps({"labels": self.labels, "cases": self.entries}))
+        atomic_write_text(self.path, json.dumps({"labels": self.labels, "cases": self.entries}))
 
     def _key(self, case: Mapping[str, str]) -> str | None:
         if self.path is None:
@@ -500,19 +501,3 @@ def _plain_number(value: float) -> int | float:
 
 def _folders(folders: Iterable[Path]) -> str:
     return ", ".join(f"{path}/" for path in sorted(folders))
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file of this process, then rename it over ``path``.
-
-    Under torchrun every process writes the same files (the check cache, the split): each renames its own
-    temporary file, so no process loses its file to another's rename, and readers never see a partial file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

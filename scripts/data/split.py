@@ -8,8 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
 from ..options import as_bool
-from .check import check_dataset, write_text_atomically
+from .check import check_dataset
 from .datalist import load_datalist, read_dataset_json
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def prepare_split(
     }
     if output_dir is not None:
         path = Path(output_dir) / "split.json"
-        write_text_atomically(path, json.dumps(split, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(split, indent=2) + "\n")
         logger.info(
             "Fold %d of %d (split seed %d): %d training and %d validation cases, written to %s.",
             fold,
