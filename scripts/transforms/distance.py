@@ -94,7 +94,7 @@ def label_spacing(label: Tensor | np.ndarray, spatial_dims: int) -> tuple[float,
         return None
     affine = label.affine
     if affine.ndim == 3:
-        spacings = {tuple(affine_to_spacing(matrix, r=spatial_dims).tolist()) for matrix in affine}
+        spacings = set(sample_spacings(label, spatial_dims))
         if len(spacings) > 1:
             raise ValueError(
                 f"the samples of this batch have different voxel spacings {sorted(spacings)}; compute the distance "
