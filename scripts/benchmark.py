@@ -168,6 +168,7 @@ def losses(
     timer: str = "wall",
     markdown: bool = False,
     seed: int = 0,
+    keep_freed_memory: bool = True,
 ) -> None:
     """Time and measure every registered loss and print one table per shape.
 
@@ -183,7 +184,13 @@ def losses(
         timer: ``wall`` (wall-clock time) or ``cpu`` (CPU time of the process, CPU devices only).
         markdown: print Markdown tables (for ``docs/benchmarks.md``) instead of plain text.
         seed: seed of the random logits and labels.
+        keep_freed_memory: apply :func:`scripts.allocator.keep_freed_memory` first, as training does, so that
+            the times measure the arithmetic rather than the page faults of fresh allocations. ``False`` keeps the
+            C library's defaults.
     """
+    from .allocator import keep_freed_memory as keep_memory
+
+    allocator = "freed memory kept" if keep_memory(keep_freed_memory) else "default allocator"
     if threads is not None:
         torch.set_num_threads(int(threads))
     if isinstance(dims, str):
@@ -200,7 +207,7 @@ def losses(
         raise ValueError(f"timer='cpu' measures CPU time and cannot time {device}. Use timer='wall'.")
 
     specs = _selected_specs(names)
-    print(_header(device, repeats, warmup, timer, markdown))
+    print(_header(device, repeats, warmup, timer, markdown, allocator))
     for dim in dims:
         rows, skipped, notes = run_shape(specs, shapes[dim], torch.device(device), repeats, warmup, seed, timer)
         title = f"{dim.upper()} logits {'x'.join(map(str, shapes[dim]))}"
@@ -509,14 +516,14 @@ def _processor_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _header(device: str, repeats: int, warmup: int, timer: str, markdown: bool) -> str:
+def _header(device: str, repeats: int, warmup: int, timer: str, markdown: bool, allocator: str) -> str:
     import monai
 
     processor = _processor_name()
     info = (
         f"torch {torch.__version__}, MONAI {monai.__version__}, device {device} ({processor}), "
-        f"{torch.get_num_threads()} threads. Median {timer} time of {repeats} forward+backward passes after "
-        f"{warmup} warm-up passes. Floor: torch.nn.functional.cross_entropy on the same tensors."
+        f"{torch.get_num_threads()} threads, {allocator}. Median {timer} time of {repeats} forward+backward passes "
+        f"after {warmup} warm-up passes. Floor: torch.nn.functional.cross_entropy on the same tensors."
     )
     return info + "\n" if markdown else info + "\n" + "-" * min(len(info), 120) + "\n"
 

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from ..options import as_bool  # noqa: F401 - re-exported for the losses
 from .distributed import pooling_across_ranks, sum_across_ranks
+from .fused import softmax_class_sums
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -305,10 +306,13 @@ class SegmentationInputs:
         if self._soft_target is not None:
             return self._soft_target.to(self.logits.dtype)
         with torch.no_grad():
-            classes = torch.arange(self.num_classes, device=self.logits.device)
-            classes = classes.view(1, -1, *self.ones_spatial)
-            # A broadcast comparison, which measured faster on CPU than zeros() followed by scatter_().
-            one_hot = (self._labels.unsqueeze(1) == classes).to(self.logits.dtype)
+            # A broadcast comparison written straight into a float tensor: on CPU, about ten times faster than
+            # a boolean result converted afterwards, or zeros() followed by scatter_(), when the labels are
+            # floats too.
+            labels = self._labels.to(self.logits.dtype).unsqueeze(1)
+            classes = torch.arange(self.num_classes, device=self.logits.device, dtype=self.logits.dtype)
+            one_hot = self.logits.new_empty((self.logits.shape[0], self.num_classes, *self.logits.shape[2:]))
+            torch.eq(labels, classes.view(1, -1, *self.ones_spatial), out=one_hot)
             if self._mask is not None:
                 one_hot.mul_(self._mask)
         return one_hot
@@ -400,28 +404,49 @@ class SegmentationInputs:
         ``squared=True`` returns ``sum(p ** 2)`` and ``sum(t ** 2)`` as the two sums (the V-Net denominator).
         ``batch=True`` sums over the batch too, and in distributed training over the batches of every process.
         """
-        probs = self.probs
         target = self.target
         dims = self.spatial_dims
-        # The target is already zero at ignored voxels, so only the prediction sums need the mask.
-        intersection = (probs * target).sum(dim=dims)
         if squared and self._soft_target is not None:
             target_sum = (target * target).sum(dim=dims)
         else:
             # A one-hot target equals its square.
             target_sum = self.target_volumes
-        if self._mask is not None:
-            probs = probs * self._mask
-        prediction_sum = (probs * probs).sum(dim=dims) if squared else probs.sum(dim=dims)
+        if self.binary:
+            probs = self.probs
+            # The target is already zero at ignored voxels, so only the prediction sums need the mask.
+            intersection = (probs * target).sum(dim=dims)
+            if self._mask is not None:
+                probs = probs * self._mask
+            prediction_sum = (probs * probs).sum(dim=dims) if squared else probs.sum(dim=dims)
+        else:
+            intersection, prediction_sum = self.softmax_sums(
+                [("target", "p"), ("mask", "p_squared" if squared else "p")]
+            ).unbind()
         if batch:
-            intersection = intersection.sum(dim=0, keepdim=True)
-            prediction_sum = prediction_sum.sum(dim=0, keepdim=True)
-            target_sum = target_sum.sum(dim=0, keepdim=True)
-            if pooling_across_ranks():
-                # One collective for the three sums.
-                pooled = sum_across_ranks(torch.stack([intersection, prediction_sum, target_sum]))
-                intersection, prediction_sum, target_sum = pooled.unbind()
+            intersection, prediction_sum, target_sum = pool_batch_sums(intersection, prediction_sum, target_sum)
         return intersection, prediction_sum, target_sum
+
+    def softmax_sums(self, terms: Sequence[tuple[str, str]], batch: bool = False) -> Tensor:
+        """Return per-class sums of softmax quantities, shape ``(len(terms), B, K)``, in one fused pass.
+
+        ``terms`` pairs a weight (``"target"`` or ``"mask"``) with a value (``"log_p"``, ``"p"``, ``"p_squared"``
+        or ``"log_1mp"``); see :func:`~scripts.losses.fused.softmax_class_sums`. Softmax (``C >= 2``) only.
+        ``batch=True`` sums over the batch too, shape ``(len(terms), 1, K)``, and in distributed training over
+        the batches of every process.
+        """
+        sums, _ = softmax_class_sums(self.logits, self.target, self._mask, terms)
+        if batch:
+            sums = sum_across_ranks(sums.sum(dim=1, keepdim=True))
+        return sums
+
+    def softmax_sums_and_target_log_probs(self, terms: Sequence[tuple[str, str]]) -> tuple[Tensor, Tensor]:
+        """Return :meth:`softmax_sums` per sample and ``target_log_probs`` from the same fused pass.
+
+        For a softmax (``C >= 2``) with an index target. Ignored voxels carry the value of class 0 in the second
+        result, without gradient, and must be masked by the caller.
+        """
+        sums, target_log_probs = softmax_class_sums(self.logits, self.target, self._mask, terms, self._labels)
+        return sums, target_log_probs
 
     def intersection_sums(self, values: Tensor) -> Tensor:
         """Return ``sum_n t_nc v_nc`` per class for ``(B, K, *spatial)`` values, the intersection for ``v = p``.
@@ -473,6 +498,15 @@ class SegmentationInputs:
             count = self._mask.expand_as(values[:, :1]).sum(dim=dims).to(total.dtype)
         pooled = sum_across_ranks(torch.cat([total, count]))
         return (pooled[:-1] / pooled[-1].clamp_min(1.0)).reshape(1, values.shape[1])
+
+
+def pool_batch_sums(*sums: Tensor) -> tuple[Tensor, ...]:
+    """Sum ``(B, K)`` tensors over the batch, to ``(1, K)``, and in distributed training over every process.
+
+    All the tensors travel in one collective.
+    """
+    pooled = torch.stack(sums).sum(dim=1, keepdim=True)
+    return tuple(sum_across_ranks(pooled).unbind())
 
 
 def check_logits(logits: Tensor) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
-from ..base import SegmentationInputs, SegmentationLoss, log1mexp
+from ..base import SegmentationInputs, SegmentationLoss
 from ..distributed import sum_across_ranks
 from ..registry import register_loss
 
@@ -34,8 +35,9 @@ class ComboLoss(SegmentationLoss):
     instead, which differs by the constant ``1 - alpha``, and drops beta. The authors' public code puts beta
     outside both BCE terms by a misplaced parenthesis; we follow the paper's equation.
 
-    ``log(1 - p)`` is computed from the log-softmax (see :func:`log1mexp`), so a confidently wrong voxel keeps
-    its gradient.
+    The class sums come from one fused softmax pass (:func:`~scripts.losses.fused.softmax_class_sums`); ``log p``
+    is the log-softmax, so a confidently wrong voxel keeps its gradient. With one sigmoid channel, ``log(1 - p)``
+    of a class is the log-sigmoid of the other class.
 
     Args:
         include_background: include class 0 in ``K``. With a sigmoid, ``K`` is the foreground alone, as in the
@@ -80,28 +82,47 @@ class ComboLoss(SegmentationLoss):
         self.smooth_dr = float(smooth_dr)
 
     def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
-        log_probs = inputs.log_probs
-        target = inputs.target
-        log_complement = log1mexp(log_probs)
-        if inputs.mask is not None:
-            log_complement = log_complement * inputs.mask
-        dims = inputs.spatial_dims if not self.batch else (0, *inputs.spatial_dims)
-
         # Class sums instead of a (B, K, *spatial) BCE tensor: sum t log p, sum log(1 - p) and sum t log(1 - p).
-        positive = (target * log_probs).sum(dim=dims)
-        negative = log_complement.sum(dim=dims) - (target * log_complement).sum(dim=dims)
+        if inputs.binary:
+            positive, complement, target_complement, intersection, prediction_sum = self._sigmoid_sums(inputs)
+        else:
+            positive, complement, target_complement, intersection, prediction_sum = inputs.softmax_sums(
+                [("target", "log_p"), ("mask", "log_1mp"), ("target", "log_1mp"), ("target", "p"), ("mask", "p")],
+                batch=self.batch,
+            ).unbind()
+        target_sum = inputs.target_volumes
         voxels = inputs.voxel_count(batch=self.batch).unsqueeze(1)
         if self.batch:
-            positive, negative, voxels = (
-                sum_across_ranks(positive),
-                sum_across_ranks(negative),
-                sum_across_ranks(voxels),
-            )
-        class_bce = -(self.beta * positive + (1.0 - self.beta) * negative).reshape(voxels.shape[0], -1) / voxels
-
-        intersection, prediction_sum, target_sum = inputs.class_sums(batch=self.batch)
+            target_sum = sum_across_ranks(target_sum.sum(dim=0, keepdim=True))
+            voxels = sum_across_ranks(voxels)
+        negative = complement - target_complement
+        class_bce = -(self.beta * positive + (1.0 - self.beta) * negative) / voxels
         dice = (2.0 * intersection + self.smooth_nr) / (prediction_sum + target_sum + self.smooth_dr)
 
         return self.alpha * self.average_classes(class_bce, inputs) - (1.0 - self.alpha) * self.average_classes(
             dice, inputs
         )
+
+    def _sigmoid_sums(self, inputs: SegmentationInputs) -> tuple[Tensor, ...]:
+        """The five class sums of :meth:`per_sample_loss` for one sigmoid channel, through autograd."""
+        log_probs = inputs.log_probs
+        target = inputs.target
+        # With two classes, log(1 - p) of one class is the log-probability of the other.
+        log_complement = log_probs.flip(1)
+        probs = inputs.probs
+        if inputs.mask is not None:
+            log_complement = log_complement * inputs.mask
+            probs = probs * inputs.mask
+        dims = inputs.spatial_dims
+        sums = torch.stack(
+            [
+                (target * log_probs).sum(dim=dims),
+                log_complement.sum(dim=dims),
+                (target * log_complement).sum(dim=dims),
+                (target * inputs.probs).sum(dim=dims),
+                probs.sum(dim=dims),
+            ]
+        )
+        if self.batch:
+            sums = sum_across_ranks(sums.sum(dim=1, keepdim=True))
+        return sums.unbind()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..base import SegmentationInputs, SegmentationLoss, bounded_power, check_number
+from ..base import SegmentationInputs, SegmentationLoss, bounded_power, check_number, pool_batch_sums
 from ..distributed import sum_across_ranks
 from ..region.dice import soft_dice
 from ..registry import register_loss
@@ -110,23 +110,41 @@ class ExpLogLoss(SegmentationLoss):
         self.register_buffer("label_frequencies", frequencies, persistent=False)
 
     def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
-        return self.w_dice * self.dice_term(inputs) + self.w_cross * self.cross_term(inputs)
-
-    def dice_term(self, inputs: SegmentationInputs) -> Tensor:
-        """Return the class mean of ``(-ln DSC_c)^gamma_dice`` per sample."""
-        dice = soft_dice(*inputs.class_sums(batch=self.batch), self.smooth_nr, self.smooth_dr)
-        log_dice = torch.log(dice.clamp_min(torch.finfo(dice.dtype).tiny))
-        return self.average_classes(bounded_power(-log_dice, self.gamma_dice), inputs)
-
-    def cross_term(self, inputs: SegmentationInputs) -> Tensor:
-        """Return the voxel mean of ``w_l (-ln p_l)^gamma_cross`` per sample."""
         weights = self.frequency_weights(inputs)
         if self.class_weights is not None:
             weights = weights * self.class_weights.to(weights)
-        voxel_loss = inputs.weighted_target_terms(
-            lambda log_probs: bounded_power(-log_probs, self.gamma_cross), weights
-        )
-        return self.mean_over_voxels(voxel_loss, inputs)
+        if inputs.binary or not inputs.has_index_target:
+            class_sums = inputs.class_sums(batch=self.batch)
+            voxel_loss = inputs.weighted_target_terms(
+                lambda log_probs: bounded_power(-log_probs, self.gamma_cross), weights
+            )
+            cross = self.mean_over_voxels(voxel_loss, inputs)
+        else:
+            class_sums, cross = self._fused_terms(inputs, weights)
+        return self.w_dice * self.dice_term(class_sums, inputs) + self.w_cross * cross
+
+    def _fused_terms(self, inputs: SegmentationInputs, weights: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        """Return the Dice class sums and the cross term from one fused softmax pass (softmax, index target)."""
+        sums, target_log_probs = inputs.softmax_sums_and_target_log_probs([("target", "p"), ("mask", "p")])
+        intersection, prediction_sum = sums.unbind()
+        class_sums = (intersection, prediction_sum, inputs.target_volumes)
+        # The sum over voxels of w_l (-ln p_l)^gamma, as per-class sums weighted once per class; the target is
+        # zero at ignored voxels, which drops them.
+        powered = bounded_power(-target_log_probs, self.gamma_cross)
+        class_totals = inputs.intersection_sums(powered.unsqueeze(1))
+        total = (class_totals * inputs.class_weight_vector(weights)).sum(dim=1)
+        count = inputs.voxel_count()
+        if self.batch:
+            class_sums = pool_batch_sums(*class_sums)
+            total, count = pool_batch_sums(total.unsqueeze(1), count.unsqueeze(1))
+            total, count = total.reshape(1), count.reshape(1)
+        return class_sums, total / count.clamp_min(1.0)
+
+    def dice_term(self, class_sums: tuple[Tensor, ...], inputs: SegmentationInputs) -> Tensor:
+        """Return the class mean of ``(-ln DSC_c)^gamma_dice`` per sample from the Dice class sums."""
+        dice = soft_dice(*class_sums, self.smooth_nr, self.smooth_dr)
+        log_dice = torch.log(dice.clamp_min(torch.finfo(dice.dtype).tiny))
+        return self.average_classes(bounded_power(-log_dice, self.gamma_dice), inputs)
 
     def frequency_weights(self, inputs: SegmentationInputs) -> Tensor:
         """Return ``w_l = (sum_k f_k / f_l)^0.5`` from fixed, per-batch or per-sample frequencies."""

@@ -7,8 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..base import SegmentationInputs, SegmentationLoss, check_number
-from ..distributed import sum_across_ranks
+from ..base import SegmentationInputs, SegmentationLoss, check_number, pool_batch_sums
 from ..pixel.focal import focal_modulation
 from ..region.tversky import focal_tversky_term, tversky_index
 from ..registry import register_loss
@@ -98,7 +97,12 @@ class UnifiedFocalLoss(SegmentationLoss):
         self.smooth_dr = check_number("smooth_dr", smooth_dr, low=0.0)
 
     def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
-        class_loss = self.weight * self.focal_terms(inputs) + (1.0 - self.weight) * self.focal_tversky_terms(inputs)
+        if inputs.binary or not inputs.has_index_target:
+            focal = self.focal_terms(inputs)
+            class_sums = inputs.class_sums(batch=self.batch)
+        else:
+            focal, class_sums = self._fused_terms(inputs)
+        class_loss = self.weight * focal + (1.0 - self.weight) * self.focal_tversky_terms(class_sums)
         classes = slice(0 if self.include_background else 1, None)
         return self.average_classes(class_loss, inputs, classes=classes)
 
@@ -110,19 +114,36 @@ class UnifiedFocalLoss(SegmentationLoss):
         background_log_probs = log_probs[:, 0]
         modulated = focal_modulation(background_log_probs, self.gamma) * -background_log_probs
         background = (inputs.target[:, 0] * modulated).flatten(start_dim=1).sum(dim=1, keepdim=True)
-        sums = torch.cat([(1.0 - self.delta) * background, self.delta * cross_entropy[:, 1:]], dim=1)
+        return self._focal_means(torch.cat([background, cross_entropy[:, 1:]], dim=1), inputs)
+
+    def _fused_terms(self, inputs: SegmentationInputs) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Return ``F_c`` and the Tversky class sums from one fused softmax pass (softmax, index target)."""
+        sums, target_log_probs = inputs.softmax_sums_and_target_log_probs([("target", "p"), ("mask", "p")])
+        intersection, prediction_sum = sums.unbind()
+        class_sums = (intersection, prediction_sum, inputs.target_volumes)
+        if self.batch:
+            class_sums = pool_batch_sums(*class_sums)
+        # Each voxel's cross-entropy, modulated where its label is the background; the per-class sums of these
+        # give the background's modulated sum and the rare classes' plain sums at once.
+        cross_entropy = -target_log_probs
+        modulation = torch.where(inputs.labels == 0, focal_modulation(target_log_probs, self.gamma), 1.0)
+        class_totals = inputs.intersection_sums((modulation * cross_entropy).unsqueeze(1))
+        return self._focal_means(class_totals, inputs), class_sums
+
+    def _focal_means(self, class_totals: Tensor, inputs: SegmentationInputs) -> Tensor:
+        """Weigh the per-class sums by ``1 - delta`` (background) and ``delta`` (rare), and divide by ``N``."""
+        weights = torch.full_like(class_totals[:1], self.delta)
+        weights[:, 0] = 1.0 - self.delta
+        sums = class_totals * weights
         counts = inputs.voxel_count().unsqueeze(1)
         if self.batch:
-            sums, counts = (
-                sum_across_ranks(sums.sum(dim=0, keepdim=True)),
-                sum_across_ranks(counts.sum(dim=0, keepdim=True)),
-            )
+            (sums,), (counts,) = pool_batch_sums(sums), pool_batch_sums(counts)
         return sums / counts.clamp_min(1.0)
 
-    def focal_tversky_terms(self, inputs: SegmentationInputs) -> Tensor:
+    def focal_tversky_terms(self, class_sums: tuple[Tensor, ...]) -> Tensor:
         """Return the asymmetric focal Tversky term ``T_c`` of every class, shape ``(B, K)`` or ``(1, K)``."""
         index = tversky_index(
-            *inputs.class_sums(batch=self.batch),
+            *class_sums,
             alpha=1.0 - self.delta,
             beta=self.delta,
             smooth_nr=self.smooth_nr,

@@ -1,0 +1,193 @@
+"""Per-class sums of softmax quantities in one pass, with a hand-written backward.
+
+Most region and combination losses reduce the softmax output to a few sums per sample and class before any
+nonlinearity: the soft intersection ``sum t p``, the prediction volume ``sum p``, the cross-entropy sum
+``sum t log p``, the sum of ``log(1 - p)``. Written with autograd, every product, every ``log`` and ``exp`` and the
+softmax itself store a full ``(B, C, *spatial)`` tensor and replay it backwards, and a loss that needs both the
+probabilities and their logarithm runs two softmax backward passes. :func:`softmax_class_sums` computes all the
+requested sums from one exponential of the logits and returns the gradient of the logits from the saved
+probabilities:
+
+.. math:: \\frac{\\partial L}{\\partial z_{nc}} = G_{nc} - p_{nc} \\sum_k G_{nk}, \\qquad
+          G_{nc} = \\frac{\\partial L}{\\partial \\log p_{nc}}
+                 = a_{nc} + b_{nc} \\, p_{nc} + 2 e_{nc} \\, p_{nc}^2 - d_{nc} \\frac{p_{nc}}{1 - p_{nc}}
+
+where ``a``, ``b``, ``e`` and ``d`` collect the incoming gradients of the sums of ``log p``, ``p``, ``p^2`` and
+``log(1 - p)``, each weighted as its sum was (by the target or by the mask of the voxels in the loss).
+
+The result equals the autograd computation to rounding; ``tests/test_fused.py`` checks both the values and the
+gradient (``gradcheck`` in float64). Only the softmax case is fused; a sigmoid (one channel) keeps the autograd
+path of :class:`~scripts.losses.base.SegmentationInputs`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+# What is summed: the value at every voxel and class, and the weight it is summed with. "target" is the one-hot or
+# soft target (zero at ignored voxels), "mask" is one at every voxel in the loss.
+VALUES = ("log_p", "p", "p_squared", "log_1mp")
+WEIGHTS = ("target", "mask")
+
+
+def softmax_class_sums(
+    logits: Tensor,
+    target: Tensor,
+    mask: Tensor | None,
+    terms: Sequence[tuple[str, str]],
+    labels: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Return ``sum_n w_nc v(p_nc)`` for each ``(weight, value)`` in ``terms``, and the target log-probabilities.
+
+    The sums have shape ``(len(terms), B, C)``. With ``labels``, the second result is ``log p`` of each voxel's
+    target class, ``(B, *spatial)``, for a per-voxel term such as a powered cross-entropy; otherwise ``None``.
+
+    Args:
+        logits: ``(B, C, *spatial)`` with ``C >= 2``; the probabilities are their softmax over ``C``.
+        target: ``(B, C, *spatial)`` one-hot or soft target, zero at ignored voxels; no gradient flows into it.
+        mask: ``(B, 1, *spatial)`` with one at the voxels in the loss, or ``None`` when every voxel counts.
+        terms: pairs of a weight in ``WEIGHTS`` and a value in ``VALUES``. ``log_1mp`` is ``log(1 - p)`` with
+            ``1 - p`` clamped to the smallest normal number, where its gradient is zero (a voxel whose probability
+            rounds to one).
+        labels: ``(B, *spatial)`` int64 class indices matching ``target`` (any class at ignored voxels: the
+            gradient of their log-probability is dropped, so the caller must leave them out of its loss).
+
+    Raises:
+        ValueError: for an unknown weight or value, or a single channel.
+    """
+    terms = tuple((str(weight), str(value)) for weight, value in terms)
+    for weight, value in terms:
+        if weight not in WEIGHTS or value not in VALUES:
+            raise ValueError(f"unknown term ({weight!r}, {value!r}); weights are {WEIGHTS}, values are {VALUES}.")
+    if logits.shape[1] < 2:
+        raise ValueError(f"softmax_class_sums needs at least two channels, got logits of shape {tuple(logits.shape)}.")
+    sums, target_log_probs = _SoftmaxClassSums.apply(
+        logits, target.detach(), None if mask is None else mask.detach(), terms, labels
+    )
+    return sums, target_log_probs if labels is not None else None
+
+
+class _SoftmaxClassSums(torch.autograd.Function):
+    """The forward and backward of :func:`softmax_class_sums`.
+
+    On CPU, a fresh ``(B, C, *spatial)`` tensor costs about as much as the arithmetic that fills it (the pages are
+    new to the process each time), so both passes reuse buffers and work in place where they can.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        logits: Tensor,
+        target: Tensor,
+        mask: Tensor | None,
+        terms: tuple[tuple[str, str], ...],
+        labels: Tensor | None,
+    ):
+        ctx.set_materialize_grads(False)
+        dims = tuple(range(2, logits.ndim))
+        values = {value for _, value in terms}
+        with torch.no_grad():
+            log_probs = None
+            if "log_p" in values or labels is not None:
+                log_probs = torch.log_softmax(logits, dim=1)
+                probs = log_probs.exp()
+            else:
+                probs = torch.softmax(logits, dim=1)
+            computed: dict[str, Tensor] = {"p": probs}
+            if "log_1mp" in values:
+                # 1 - p is 0 or at least 2^-24 (p <= 1 has that resolution near 1); log(0) is clamped to
+                # log(tiny). log1p is cheaper than log on CPU and exact here, since 1 - p is exact for p >= 1/2.
+                log_complement = probs.neg().log1p_()
+                computed["log_1mp"] = log_complement.clamp_min_(math.log(torch.finfo(probs.dtype).tiny))
+            if "p_squared" in values:
+                # probs * probs: square() dispatches to the slower pow kernel on CPU.
+                computed["p_squared"] = probs * probs
+            if "log_p" in values:
+                computed["log_p"] = log_probs
+            target_log_probs = logits.new_empty(0)
+            if labels is not None:
+                target_log_probs = log_probs.gather(1, labels.unsqueeze(1))[:, 0]
+            sums = []
+            scratch = None
+            for weight, value in terms:
+                scale = target if weight == "target" else mask
+                if scale is None:
+                    sums.append(computed[value].sum(dim=dims))
+                    continue
+                if scratch is None:
+                    scratch = torch.empty_like(probs)
+                sums.append(torch.mul(computed[value], scale, out=scratch).sum(dim=dims))
+        ctx.terms = terms
+        ctx.save_for_backward(target, mask, probs)
+        if labels is None:
+            ctx.mark_non_differentiable(target_log_probs)
+        stacked = torch.stack(sums) if sums else logits.new_zeros((0, *logits.shape[:2]))
+        return stacked, target_log_probs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_sums: Tensor | None, grad_target_log_probs: Tensor | None):
+        target, mask, probs = ctx.saved_tensors
+        # The incoming gradient of each sum, per weight and value, shaped to broadcast over the voxels.
+        coefficients: dict[str, dict[str, Tensor]] = {"target": {}, "mask": {}}
+        if grad_sums is not None:
+            broadcast = (*grad_sums.shape[1:], *(1,) * (probs.ndim - 2))
+            for (weight, value), grad in zip(ctx.terms, grad_sums, strict=True):
+                by_value = coefficients[weight]
+                grad = grad.reshape(broadcast)
+                by_value[value] = by_value[value] + grad if value in by_value else grad
+        if grad_target_log_probs is not None:
+            # The target log-probability is log p at the target class: a target-weighted log p with a per-voxel
+            # gradient.
+            grad = grad_target_log_probs.unsqueeze(1)
+            by_value = coefficients["target"]
+            by_value["log_p"] = by_value["log_p"] + grad if "log_p" in by_value else grad
+
+        # d value / d log p: 1 for log p, p for p, 2 p^2 for p^2, and -p / (1 - p) for log(1 - p), which is zero
+        # where 1 - p was clamped (p / 0 = inf there, set to 0).
+        factors: dict[str, Tensor | None] = {"log_p": None, "p": probs}
+        needed = set(coefficients["target"]) | set(coefficients["mask"])
+        if "p_squared" in needed:
+            factors["p_squared"] = probs * probs * 2.0
+        if "log_1mp" in needed:
+            ratio = torch.rsub(probs, 1.0)
+            factors["log_1mp"] = torch.div(probs, ratio, out=ratio).nan_to_num_(nan=0.0, posinf=0.0).neg_()
+
+        # G = t * sum_v a_v f_v + m * sum_v b_v f_v, built in one buffer.
+        grad_log_p = _accumulate(None, coefficients["target"], factors, None, probs.shape)
+        if grad_log_p is not None:
+            grad_log_p.mul_(target)
+        grad_log_p = _accumulate(grad_log_p, coefficients["mask"], factors, mask, probs.shape)
+        if grad_log_p is None:
+            return None, None, None, None, None
+        # Through the softmax: dL/dz = G - p * sum_k G_k.
+        grad_logits = grad_log_p.addcmul_(probs, grad_log_p.sum(dim=1, keepdim=True), value=-1.0)
+        return grad_logits, None, None, None, None
+
+
+def _accumulate(
+    buffer: Tensor | None,
+    coefficients: dict[str, Tensor],
+    factors: dict[str, Tensor | None],
+    mask: Tensor | None,
+    shape: torch.Size,
+) -> Tensor | None:
+    """Add ``mask * sum_v coefficients[v] * factors[v]`` to ``buffer`` (a new tensor when it is ``None``).
+
+    A factor of ``None`` stands for one; a mask of ``None`` for every voxel.
+    """
+    for value, coefficient in coefficients.items():
+        if mask is not None:
+            coefficient = coefficient * mask
+        factor = factors[value]
+        if buffer is None:
+            buffer = coefficient.expand(shape).clone() if factor is None else factor * coefficient
+        elif factor is None:
+            buffer.add_(coefficient)
+        else:
+            buffer.addcmul_(factor, coefficient)
+    return buffer

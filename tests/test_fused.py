@@ -1,0 +1,168 @@
+"""The fused softmax class sums against autograd, and the losses that use them against their generic path."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scripts.losses import build_loss
+from scripts.losses.fused import VALUES, WEIGHTS, softmax_class_sums
+
+ALL_TERMS = list(itertools.product(WEIGHTS, VALUES))
+
+
+def reference_sums(logits, target, mask, terms, labels=None):
+    """The same sums written with autograd, one tensor per quantity."""
+    log_p = F.log_softmax(logits, dim=1)
+    p = log_p.exp()
+    tiny = torch.finfo(logits.dtype).tiny
+    values = {
+        "log_p": log_p,
+        "p": p,
+        "p_squared": p * p,
+        "log_1mp": torch.log((-torch.expm1(log_p)).clamp_min(tiny)),
+    }
+    dims = tuple(range(2, logits.ndim))
+    sums = []
+    for weight, value in terms:
+        scale = target if weight == "target" else mask
+        sums.append((values[value] if scale is None else values[value] * scale).sum(dim=dims))
+    target_log_p = None if labels is None else log_p.gather(1, labels.unsqueeze(1))[:, 0]
+    return torch.stack(sums), target_log_p
+
+
+def inputs(shape, dtype=torch.float64, ignore=False, soft=False, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=generator, dtype=dtype) * 2.0
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator)
+    target = F.one_hot(labels, shape[1]).movedim(-1, 1).to(dtype)
+    if soft:
+        target = torch.softmax(torch.randn(shape, generator=generator, dtype=dtype), dim=1)
+    mask = None
+    if ignore:
+        mask = (torch.rand((shape[0], 1, *shape[2:]), generator=generator) > 0.3).to(dtype)
+        target = target * mask
+    return logits, labels, target, mask
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6), (2, 4, 3, 4, 5)], ids=["2d", "3d"])
+@pytest.mark.parametrize("ignore", [False, True], ids=["all-voxels", "ignored-voxels"])
+@pytest.mark.parametrize("soft", [False, True], ids=["one-hot", "soft"])
+def test_values_match_autograd(shape, ignore, soft):
+    logits, labels, target, mask = inputs(shape, ignore=ignore, soft=soft)
+    sums, target_log_p = softmax_class_sums(logits, target, mask, ALL_TERMS, labels)
+    expected_sums, expected_target_log_p = reference_sums(logits, target, mask, ALL_TERMS, labels)
+    torch.testing.assert_close(sums, expected_sums)
+    torch.testing.assert_close(target_log_p, expected_target_log_p)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 3, 3, 3, 4)], ids=["2d", "3d"])
+@pytest.mark.parametrize("ignore", [False, True], ids=["all-voxels", "ignored-voxels"])
+@pytest.mark.parametrize("with_labels", [False, True], ids=["sums", "sums-and-target-log-p"])
+def test_gradient_matches_finite_differences(shape, ignore, with_labels):
+    logits, labels, target, mask = inputs(shape, ignore=ignore)
+    logits.requires_grad_()
+    # Random weights of every output, so that each term's gradient takes part.
+    generator = torch.Generator().manual_seed(1)
+    weights = torch.randn((len(ALL_TERMS), shape[0], shape[1]), generator=generator, dtype=logits.dtype)
+    voxel_weights = torch.randn((shape[0], *shape[2:]), generator=generator, dtype=logits.dtype)
+
+    def objective(x):
+        sums, target_log_p = softmax_class_sums(x, target, mask, ALL_TERMS, labels if with_labels else None)
+        value = (sums * weights).sum()
+        if with_labels:
+            kept = voxel_weights if mask is None else voxel_weights * mask[:, 0]
+            value = value + (target_log_p * kept).sum()
+        return value
+
+    assert torch.autograd.gradcheck(objective, (logits,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("weight, value", ALL_TERMS)
+def test_each_term_alone_has_the_autograd_gradient(weight, value):
+    logits, _, target, mask = inputs((2, 3, 4, 4), ignore=True)
+    fused = logits.clone().requires_grad_()
+    plain = logits.clone().requires_grad_()
+    softmax_class_sums(fused, target, mask, [(weight, value)])[0].pow(2).sum().backward()
+    reference_sums(plain, target, mask, [(weight, value)])[0].pow(2).sum().backward()
+    torch.testing.assert_close(fused.grad, plain.grad)
+
+
+def test_certain_voxels_keep_finite_values_and_gradients():
+    # A logit gap of 1e4 makes p round to exactly 1 and 0: log(1 - p) is clamped there, with zero gradient.
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[:, 0] = 1e4
+    labels = torch.ones(1, 2, 2, dtype=torch.long)
+    target = F.one_hot(labels, 3).movedim(-1, 1).float()
+    logits.requires_grad_()
+    sums, target_log_p = softmax_class_sums(logits, target, None, ALL_TERMS, labels)
+    assert torch.isfinite(sums).all() and torch.isfinite(target_log_p).all()
+    # A binary cross-entropy: -log p of the target class, -log(1 - p) of the others.
+    complement, target_complement = (
+        sums[ALL_TERMS.index(("mask", "log_1mp"))],
+        sums[ALL_TERMS.index(("target", "log_1mp"))],
+    )
+    (-target_log_p.sum() - complement.sum() + target_complement.sum()).backward()
+    assert torch.isfinite(logits.grad).all()
+    # The confidently wrong voxels still pull the target class up and the wrong class down.
+    assert (logits.grad[:, 1] < -0.9).all()
+    assert (logits.grad[:, 0] > 0.9).all()
+
+
+def test_unknown_term_and_single_channel_raise():
+    logits, _, target, _ = inputs((1, 3, 2, 2))
+    with pytest.raises(ValueError, match="unknown term"):
+        softmax_class_sums(logits, target, None, [("target", "log_q")])
+    with pytest.raises(ValueError, match="at least two channels"):
+        softmax_class_sums(logits[:, :1], target[:, :1], None, [("target", "p")])
+
+
+# The losses on the fused path, against the same loss on a path that does not use it: a one-hot target for
+# exp_log and unified_focal (their fused path needs class indices), and for combo the autograd sums below.
+@pytest.mark.parametrize("name", ["exp_log", "unified_focal"])
+@pytest.mark.parametrize("options", [{}, {"batch": True}, {"include_background": False}, {"ignore_index": 9}])
+def test_fused_loss_equals_the_one_hot_path(name, options):
+    logits, labels, target, _ = inputs((2, 3, 4, 5, 3))
+    index_target = labels.unsqueeze(1).clone()
+    if "ignore_index" in options:
+        index_target[:, :, :2] = 9
+        target = target * (index_target != 9)
+    loss = build_loss(name, reduction="none", **options)
+    fused_logits = logits.clone().requires_grad_()
+    plain_logits = logits.clone().requires_grad_()
+    fused = loss(fused_logits, index_target)
+    plain = loss(plain_logits, target)
+    torch.testing.assert_close(fused, plain)
+    fused.sum().backward()
+    plain.sum().backward()
+    torch.testing.assert_close(fused_logits.grad, plain_logits.grad)
+
+
+@pytest.mark.parametrize("name", ["combo", "exp_log", "unified_focal"])
+@pytest.mark.parametrize("options", [{"batch": True}, {"ignore_index": 9}, {"class_weights": [0.5, 1.0, 2.0]}])
+def test_fused_loss_gradient_matches_finite_differences(name, options):
+    logits, labels, _, _ = inputs((2, 3, 4, 3, 3))
+    index_target = labels.unsqueeze(1).clone()
+    if "ignore_index" in options:
+        index_target[0, :, 0] = 9
+    loss = build_loss(name, **options)
+    logits.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: loss(x, index_target), (logits,), eps=1e-6, atol=1e-6)
+
+
+def test_combo_fused_sums_equal_the_autograd_formula():
+    logits, labels, target, _ = inputs((2, 3, 5, 4))
+    loss = build_loss("combo", reduction="none", alpha=0.3, beta=0.7, include_background=False)
+    value = loss(logits, labels.unsqueeze(1))
+
+    log_p = F.log_softmax(logits, dim=1)
+    p = log_p.exp()
+    log_1mp = torch.log(-torch.expm1(log_p))
+    voxels = logits[0, 0].numel()
+    bce = -(0.7 * target * log_p + 0.3 * (1 - target) * log_1mp).sum(dim=(2, 3)) / voxels
+    dice = (2 * (p * target).sum(dim=(2, 3)) + 1e-5) / (p.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1e-5)
+    expected = 0.3 * bce[:, 1:].mean(dim=1) - 0.7 * dice[:, 1:].mean(dim=1)
+    torch.testing.assert_close(value, expected)
