@@ -14,6 +14,7 @@ from types import ModuleType
 BUNDLE_ROOT = str(Path(__file__).resolve().parent.parent)
 
 _SUBMODULES = (
+    "allocator",
     "checkpoints",
     "cli",
     "data",
@@ -24,6 +25,7 @@ _SUBMODULES = (
     "guards",
     "losses",
     "metrics",
+    "options",
     "plots",
     "random_state",
     "study",

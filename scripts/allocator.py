@@ -6,7 +6,7 @@ way the next tensor of that size touches pages that are new to the process, and 
 each 4 KiB page. A training step allocates and frees dozens of such tensors, and on a virtual machine each fault is
 slow: on the 2-core machine of ``docs/benchmarks.md`` it cost as much as the arithmetic. A loss pass that
 allocated five full-size tensors took 22 ms with the defaults and 9 ms with the settings below, and one training
-step of the default UNet 0.31 s instead of 0.25 s.
+step of the default UNet took 0.28 s instead of 0.30 s.
 
 :func:`keep_freed_memory` raises two glibc thresholds with ``mallopt``: blocks under 32 MiB come from the heap
 rather than ``mmap``, and the heap keeps up to 256 MiB of freed memory instead of trimming it. The resident size
