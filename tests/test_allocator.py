@@ -28,6 +28,6 @@ def test_other_c_libraries_are_left_alone(monkeypatch):
     assert allocator.keep_freed_memory() is False
 
 
-def test_a_value_that_is_not_a_flag_raises():
+def test_keep_freed_memory_rejects_a_value_that_is_not_a_flag():
     with pytest.raises(ValueError, match="keep_freed_memory"):
         allocator.keep_freed_memory("sometimes")

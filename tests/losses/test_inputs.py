@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from loss_cases import blob_labels, make_logits
 
@@ -30,3 +31,19 @@ def test_one_hot_target_has_no_gradient():
 
     assert not inputs.target.requires_grad
     assert torch.equal(inputs.target.sum(dim=1), torch.ones(1, 4, 4))
+
+
+@pytest.mark.parametrize("exponent", [0.3, 0.5, 0.75])
+def test_bounded_power_is_the_power_above_the_threshold_and_its_chord_below(exponent):
+    from scripts.losses.base import POWER_LINEAR_BELOW, bounded_power
+
+    above = torch.tensor([1e-5, 0.01, 0.5, 1.0, 3.0], dtype=torch.float64, requires_grad=True)
+    bounded_power(above, exponent).sum().backward()
+    torch.testing.assert_close(bounded_power(above.detach(), exponent), above.detach() ** exponent)
+    torch.testing.assert_close(above.grad, exponent * above.detach() ** (exponent - 1.0))
+
+    below = torch.tensor([0.0, 1e-8, 5e-7], dtype=torch.float64, requires_grad=True)
+    bounded_power(below, exponent).sum().backward()
+    slope = POWER_LINEAR_BELOW ** (exponent - 1.0)
+    torch.testing.assert_close(bounded_power(below.detach(), exponent), below.detach() * slope)
+    torch.testing.assert_close(below.grad, torch.full_like(below, slope))
