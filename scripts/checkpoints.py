@@ -21,7 +21,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from .files import atomic_write
+from .files import atomic_write, atomic_write_text
 from .random_state import capture_random_states, restore_random_states
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,7 @@ def atomic_save(content: Any, path: str | Path) -> None:
 
 def atomic_write_json(content: Any, path: str | Path) -> None:
     """Write ``content`` as indented JSON to ``path``, atomically as :func:`atomic_save` does."""
-    text = json.dumps(content, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")), remove_stale=True)
+    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=True) + "\n", remove_stale=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

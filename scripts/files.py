@@ -33,6 +33,6 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any], remove_stal
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`."""
-    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
+def atomic_write_text(path: str | Path, text: str, remove_stale: bool = False) -> None:
+    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`, which explains ``remove_stale``."""
+    atomic_write(path, lambda stream: stream.write(text.encode("utf-8")), remove_stale=remove_stale)

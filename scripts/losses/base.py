@@ -404,6 +404,21 @@ class SegmentationInputs:
         ``squared=True`` returns ``sum(p ** 2)`` and ``sum(t ** 2)`` as the two sums (the V-Net denominator).
         ``batch=True`` sums over the batch too, and in distributed training over the batches of every process.
         """
+        sums, _ = self._region_sums(squared, batch, with_target_log_probs=False)
+        return sums
+
+    def class_sums_and_target_log_probs(self, batch: bool = False) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        """Return :meth:`class_sums` and :attr:`target_log_probs` from one fused softmax pass.
+
+        For a softmax (``C >= 2``) with an index target. The second result is ``(B, *spatial)`` and per sample
+        whatever ``batch`` is. Its ignored voxels carry the value of class 0 without gradient, so the caller must
+        leave them out.
+        """
+        return self._region_sums(squared=False, batch=batch, with_target_log_probs=True)
+
+    def _region_sums(
+        self, squared: bool, batch: bool, with_target_log_probs: bool
+    ) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor | None]:
         target = self.target
         dims = self.spatial_dims
         if squared and self._soft_target is not None:
@@ -411,6 +426,7 @@ class SegmentationInputs:
         else:
             # A one-hot target equals its square.
             target_sum = self.target_volumes
+        target_log_probs = None
         if self.binary:
             probs = self.probs
             # The target is already zero at ignored voxels, so only the prediction sums need the mask.
@@ -419,12 +435,13 @@ class SegmentationInputs:
                 probs = probs * self._mask
             prediction_sum = (probs * probs).sum(dim=dims) if squared else probs.sum(dim=dims)
         else:
-            intersection, prediction_sum = self.softmax_sums(
-                [("target", "p"), ("mask", "p_squared" if squared else "p")]
-            ).unbind()
+            terms = [("target", "p"), ("mask", "p_squared" if squared else "p")]
+            labels = self._labels if with_target_log_probs else None
+            sums, target_log_probs = softmax_class_sums(self.logits, target, self._mask, terms, labels)
+            intersection, prediction_sum = sums.unbind()
         if batch:
             intersection, prediction_sum, target_sum = pool_batch_sums(intersection, prediction_sum, target_sum)
-        return intersection, prediction_sum, target_sum
+        return (intersection, prediction_sum, target_sum), target_log_probs
 
     def softmax_sums(self, terms: Sequence[tuple[str, str]], batch: bool = False) -> Tensor:
         """Return per-class sums of softmax quantities, shape ``(len(terms), B, K)``, in one fused pass.
@@ -438,15 +455,6 @@ class SegmentationInputs:
         if batch:
             sums = sum_across_ranks(sums.sum(dim=1, keepdim=True))
         return sums
-
-    def softmax_sums_and_target_log_probs(self, terms: Sequence[tuple[str, str]]) -> tuple[Tensor, Tensor]:
-        """Return :meth:`softmax_sums` per sample and ``target_log_probs`` from the same fused pass.
-
-        For a softmax (``C >= 2``) with an index target. Ignored voxels carry the value of class 0 in the second
-        result, without gradient, and must be masked by the caller.
-        """
-        sums, target_log_probs = softmax_class_sums(self.logits, self.target, self._mask, terms, self._labels)
-        return sums, target_log_probs
 
     def intersection_sums(self, values: Tensor) -> Tensor:
         """Return ``sum_n t_nc v_nc`` per class for ``(B, K, *spatial)`` values, the intersection for ``v = p``.

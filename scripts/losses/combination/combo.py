@@ -104,23 +104,25 @@ class ComboLoss(SegmentationLoss):
         )
 
     def _sigmoid_sums(self, inputs: SegmentationInputs) -> tuple[Tensor, ...]:
-        """The five class sums of :meth:`per_sample_loss` for one sigmoid channel, through autograd."""
+        """Return the five class sums of :meth:`per_sample_loss` for one sigmoid channel, through autograd."""
         log_probs = inputs.log_probs
+        probs = inputs.probs
         target = inputs.target
         # With two classes, log(1 - p) of one class is the log-probability of the other.
         log_complement = log_probs.flip(1)
-        probs = inputs.probs
+        # The target is zero at ignored voxels, so only the sums without it need the mask.
+        masked_log_complement, masked_probs = log_complement, probs
         if inputs.mask is not None:
-            log_complement = log_complement * inputs.mask
-            probs = probs * inputs.mask
+            masked_log_complement = log_complement * inputs.mask
+            masked_probs = probs * inputs.mask
         dims = inputs.spatial_dims
         sums = torch.stack(
             [
                 (target * log_probs).sum(dim=dims),
-                log_complement.sum(dim=dims),
+                masked_log_complement.sum(dim=dims),
                 (target * log_complement).sum(dim=dims),
-                (target * inputs.probs).sum(dim=dims),
-                probs.sum(dim=dims),
+                (target * probs).sum(dim=dims),
+                masked_probs.sum(dim=dims),
             ]
         )
         if self.batch:

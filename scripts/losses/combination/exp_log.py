@@ -125,17 +125,14 @@ class ExpLogLoss(SegmentationLoss):
 
     def _fused_terms(self, inputs: SegmentationInputs, weights: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
         """Return the Dice class sums and the cross term from one fused softmax pass (softmax, index target)."""
-        sums, target_log_probs = inputs.softmax_sums_and_target_log_probs([("target", "p"), ("mask", "p")])
-        intersection, prediction_sum = sums.unbind()
-        class_sums = (intersection, prediction_sum, inputs.target_volumes)
-        # The sum over voxels of w_l (-ln p_l)^gamma, as per-class sums weighted once per class; the target is
+        class_sums, target_log_probs = inputs.class_sums_and_target_log_probs(batch=self.batch)
+        # The sum over voxels of w_l (-ln p_l)^gamma, as per-class sums weighted once per class. The target is
         # zero at ignored voxels, which drops them.
         powered = bounded_power(-target_log_probs, self.gamma_cross)
         class_totals = inputs.intersection_sums(powered.unsqueeze(1))
         total = (class_totals * inputs.class_weight_vector(weights)).sum(dim=1)
         count = inputs.voxel_count()
         if self.batch:
-            class_sums = pool_batch_sums(*class_sums)
             total, count = pool_batch_sums(total.unsqueeze(1), count.unsqueeze(1))
             total, count = total.reshape(1), count.reshape(1)
         return class_sums, total / count.clamp_min(1.0)

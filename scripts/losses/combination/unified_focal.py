@@ -118,13 +118,9 @@ class UnifiedFocalLoss(SegmentationLoss):
 
     def _fused_terms(self, inputs: SegmentationInputs) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Return ``F_c`` and the Tversky class sums from one fused softmax pass (softmax, index target)."""
-        sums, target_log_probs = inputs.softmax_sums_and_target_log_probs([("target", "p"), ("mask", "p")])
-        intersection, prediction_sum = sums.unbind()
-        class_sums = (intersection, prediction_sum, inputs.target_volumes)
-        if self.batch:
-            class_sums = pool_batch_sums(*class_sums)
-        # Each voxel's cross-entropy, modulated where its label is the background; the per-class sums of these
-        # give the background's modulated sum and the rare classes' plain sums at once.
+        class_sums, target_log_probs = inputs.class_sums_and_target_log_probs(batch=self.batch)
+        # Each voxel's cross-entropy, modulated where its label is the background. Their per-class sums then give
+        # the background's modulated sum and the rare classes' plain sums at once.
         cross_entropy = -target_log_probs
         modulation = torch.where(inputs.labels == 0, focal_modulation(target_log_probs, self.gamma), 1.0)
         class_totals = inputs.intersection_sums((modulation * cross_entropy).unsqueeze(1))
@@ -137,7 +133,8 @@ class UnifiedFocalLoss(SegmentationLoss):
         sums = class_totals * weights
         counts = inputs.voxel_count().unsqueeze(1)
         if self.batch:
-            (sums,), (counts,) = pool_batch_sums(sums), pool_batch_sums(counts)
+            (sums,) = pool_batch_sums(sums)
+            (counts,) = pool_batch_sums(counts)
         return sums / counts.clamp_min(1.0)
 
     def focal_tversky_terms(self, class_sums: tuple[Tensor, ...]) -> Tensor:
