@@ -619,9 +619,7 @@ class _BoundedPower(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, base: Tensor, exponent: float) -> Tensor:
-        ratio = base.clamp_min(POWER_LINEAR_BELOW)
-        # x ** -0.5 (gamma = 0.5, the unified focal default) as rsqrt, several times faster than pow on CPU.
-        ratio = ratio.rsqrt_() if exponent == 0.5 else ratio.pow_(exponent - 1.0)
+        ratio = base.clamp_min(POWER_LINEAR_BELOW).pow(exponent - 1.0)
         ctx.save_for_backward(base, ratio)
         ctx.exponent = exponent
         return base * ratio
