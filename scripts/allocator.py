@@ -11,9 +11,9 @@ step of the default UNet took 0.28 s instead of 0.30 s.
 :func:`keep_freed_memory` raises two glibc thresholds with ``mallopt``: blocks under 32 MiB come from the heap
 rather than ``mmap``, and the heap keeps up to 256 MiB of freed memory instead of trimming it. The resident size
 then stays near the peak of a step, plus at most that margin. Loader processes forked afterwards inherit the
-settings. PyTorch's performance guide recommends the same effect with jemalloc or tcmalloc through ``LD_PRELOAD``,
-which needs a package and an environment variable; this needs neither. On other C libraries (macOS, Windows,
-musl) the function does nothing.
+settings. The performance tuning guide of Intel Extension for PyTorch recommends jemalloc or TCMalloc through
+``LD_PRELOAD`` for the same reason (they reuse memory more than the default ``malloc``). That needs a package and an
+environment variable, and this needs neither. On other C libraries (macOS, Windows, musl) the function does nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 # mallopt parameter numbers from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's largest accepted value on 64-bit systems
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX, glibc's upper limit on 64-bit systems
 TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 
 
@@ -43,7 +43,7 @@ def keep_freed_memory(enabled: bool | str = True) -> bool:
     if not as_bool("keep_freed_memory", enabled):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        logger.debug("keep_freed_memory: not a glibc system, the allocator is left as it is.")
+        logger.debug("keep_freed_memory: not a glibc system, so the allocator is left as it is.")
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -57,5 +57,5 @@ def keep_freed_memory(enabled: bool | str = True) -> bool:
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )
     if not applied:
-        logger.debug("keep_freed_memory: mallopt refused the thresholds; the allocator keeps its defaults.")
+        logger.debug("keep_freed_memory: mallopt failed to set the thresholds, so the allocator keeps its defaults.")
     return applied

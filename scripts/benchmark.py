@@ -118,9 +118,9 @@ def monai_counterparts() -> dict[str, MonaiCounterpart]:
         "hausdorff": MonaiCounterpart(
             {"include_background": False},
             lambda _: monai_losses.HausdorffDTLoss(softmax=True, to_onehot_y=True, include_background=False),
-            note="both without the background class; MONAI's field is EDT(fg) + EDT(bg), one voxel more inside the "
-            "object than our distance to the boundary, and it thresholds each channel at 0.5 instead of taking the "
-            "argmax, so the values differ",
+            note="both without the background class. MONAI's field is EDT(fg) + EDT(bg), one voxel more inside the "
+            "object than our distance to the boundary. MONAI also thresholds each channel at 0.5 instead of taking "
+            "the argmax, so the values differ",
         ),
         "unified_focal": MonaiCounterpart(
             {"smooth_nr": 1e-7, "smooth_dr": 1e-7},

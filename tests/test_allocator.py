@@ -10,12 +10,12 @@ from scripts import allocator
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_thresholds_are_applied_on_glibc():
+def test_keep_freed_memory_applies_on_glibc():
     assert allocator.keep_freed_memory() is True
     assert allocator.keep_freed_memory("true") is True
 
 
-def test_disabled_leaves_the_allocator_alone(monkeypatch):
+def test_keep_freed_memory_disabled(monkeypatch):
     calls = []
     monkeypatch.setattr(allocator.ctypes, "CDLL", lambda *args: calls.append(args))
     assert allocator.keep_freed_memory(False) is False
@@ -23,11 +23,11 @@ def test_disabled_leaves_the_allocator_alone(monkeypatch):
     assert calls == []
 
 
-def test_other_c_libraries_are_left_alone(monkeypatch):
+def test_keep_freed_memory_other_libc(monkeypatch):
     monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("musl", "1.2"))
     assert allocator.keep_freed_memory() is False
 
 
-def test_keep_freed_memory_rejects_a_value_that_is_not_a_flag():
+def test_keep_freed_memory_rejects_non_flag():
     with pytest.raises(ValueError, match="keep_freed_memory"):
         allocator.keep_freed_memory("sometimes")

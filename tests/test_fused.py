@@ -74,15 +74,15 @@ def test_gradient_matches_finite_differences(shape, ignore, with_labels):
         sums, target_log_p = softmax_class_sums(x, target, mask, ALL_TERMS, labels if with_labels else None)
         value = (sums * weights).sum()
         if with_labels:
-            kept = voxel_weights if mask is None else voxel_weights * mask[:, 0]
-            value = value + (target_log_p * kept).sum()
+            counted_weights = voxel_weights if mask is None else voxel_weights * mask[:, 0]
+            value = value + (target_log_p * counted_weights).sum()
         return value
 
     assert torch.autograd.gradcheck(objective, (logits,), eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("weight, value", ALL_TERMS)
-def test_each_term_alone_has_the_autograd_gradient(weight, value):
+def test_single_term_gradient(weight, value):
     logits, _, target, mask = inputs((2, 3, 4, 4), ignore=True)
     fused = logits.clone().requires_grad_()
     plain = logits.clone().requires_grad_()
@@ -91,7 +91,7 @@ def test_each_term_alone_has_the_autograd_gradient(weight, value):
     torch.testing.assert_close(fused.grad, plain.grad)
 
 
-def test_certain_voxels_keep_finite_values_and_gradients():
+def test_certain_voxels_stay_finite():
     # A logit gap of 1e4 makes p round to exactly 1 and 0: log(1 - p) is clamped there, with zero gradient.
     logits = torch.zeros(1, 3, 2, 2)
     logits[:, 0] = 1e4
@@ -99,7 +99,8 @@ def test_certain_voxels_keep_finite_values_and_gradients():
     target = F.one_hot(labels, 3).movedim(-1, 1).float()
     logits.requires_grad_()
     sums, target_log_p = softmax_class_sums(logits, target, None, ALL_TERMS, labels)
-    assert torch.isfinite(sums).all() and torch.isfinite(target_log_p).all()
+    assert torch.isfinite(sums).all()
+    assert torch.isfinite(target_log_p).all()
     # A binary cross-entropy: -log p of the target class, -log(1 - p) of the others.
     complement, target_complement = (
         sums[ALL_TERMS.index(("mask", "log_1mp"))],
@@ -124,7 +125,7 @@ def test_unknown_term_and_single_channel_raise():
 # exp_log and unified_focal (their fused path needs class indices), and for combo the autograd sums below.
 @pytest.mark.parametrize("name", ["exp_log", "unified_focal"])
 @pytest.mark.parametrize("options", [{}, {"batch": True}, {"include_background": False}, {"ignore_index": 9}])
-def test_fused_loss_equals_the_one_hot_path(name, options):
+def test_fused_loss_equals_one_hot_path(name, options):
     logits, labels, target, _ = inputs((2, 3, 4, 5, 3))
     index_target = labels.unsqueeze(1).clone()
     if "ignore_index" in options:
@@ -143,7 +144,7 @@ def test_fused_loss_equals_the_one_hot_path(name, options):
 
 @pytest.mark.parametrize("name", ["combo", "exp_log", "unified_focal"])
 @pytest.mark.parametrize("options", [{"batch": True}, {"ignore_index": 9}, {"class_weights": [0.5, 1.0, 2.0]}])
-def test_fused_loss_gradient_matches_finite_differences(name, options):
+def test_fused_loss_gradcheck(name, options):
     logits, labels, _, _ = inputs((2, 3, 4, 3, 3))
     index_target = labels.unsqueeze(1).clone()
     if "ignore_index" in options:
@@ -153,7 +154,7 @@ def test_fused_loss_gradient_matches_finite_differences(name, options):
     assert torch.autograd.gradcheck(lambda x: loss(x, index_target), (logits,), eps=1e-6, atol=1e-6)
 
 
-def test_combo_fused_sums_equal_the_autograd_formula():
+def test_combo_equals_autograd_formula():
     logits, labels, target, _ = inputs((2, 3, 5, 4))
     loss = build_loss("combo", reduction="none", alpha=0.3, beta=0.7, include_background=False)
     value = loss(logits, labels.unsqueeze(1))

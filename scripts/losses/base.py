@@ -306,9 +306,8 @@ class SegmentationInputs:
         if self._soft_target is not None:
             return self._soft_target.to(self.logits.dtype)
         with torch.no_grad():
-            # A broadcast comparison written straight into a float tensor: on CPU, about ten times faster than
-            # a boolean result converted afterwards, or zeros() followed by scatter_(), when the labels are
-            # floats too.
+            # A broadcast comparison of float labels written straight into a float tensor. On CPU this measured
+            # about five times faster than a boolean result converted afterwards, or zeros() and scatter_().
             labels = self._labels.to(self.logits.dtype).unsqueeze(1)
             classes = torch.arange(self.num_classes, device=self.logits.device, dtype=self.logits.dtype)
             one_hot = self.logits.new_empty((self.logits.shape[0], self.num_classes, *self.logits.shape[2:]))

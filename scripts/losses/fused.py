@@ -5,8 +5,8 @@ nonlinearity: the soft intersection ``sum t p``, the prediction volume ``sum p``
 ``sum t log p``, the sum of ``log(1 - p)``. Written with autograd, every product, every ``log`` and ``exp`` and the
 softmax itself store a full ``(B, C, *spatial)`` tensor and replay it backwards, and a loss that needs both the
 probabilities and their logarithm runs two softmax backward passes. :func:`softmax_class_sums` computes all the
-requested sums from one exponential of the logits and returns the gradient of the logits from the saved
-probabilities:
+requested sums from one softmax (or log-softmax) of the logits, and returns the gradient of the logits from the
+saved probabilities:
 
 .. math:: \\frac{\\partial L}{\\partial z_{nc}} = G_{nc} - p_{nc} \\sum_k G_{nk}, \\qquad
           G_{nc} = \\frac{\\partial L}{\\partial \\log p_{nc}}
@@ -15,8 +15,8 @@ probabilities:
 where ``a``, ``b``, ``e`` and ``d`` collect the incoming gradients of the sums of ``log p``, ``p``, ``p^2`` and
 ``log(1 - p)``, each weighted as its sum was (by the target or by the mask of the voxels in the loss).
 
-The result equals the autograd computation to rounding; ``tests/test_fused.py`` checks both the values and the
-gradient (``gradcheck`` in float64). Only the softmax case is fused; a sigmoid (one channel) keeps the autograd
+The result equals the autograd computation to rounding, and ``tests/test_fused.py`` checks both the values and the
+gradient (``gradcheck`` in float64). Only the softmax case is fused. A sigmoid (one channel) keeps the autograd
 path of :class:`~scripts.losses.base.SegmentationInputs`.
 """
 
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-# What is summed: the value at every voxel and class, and the weight it is summed with. "target" is the one-hot or
-# soft target (zero at ignored voxels), "mask" is one at every voxel in the loss.
+# The values that can be summed over the voxels of each class, and their weights. The "target" weight is the one-hot
+# or soft target (zero at ignored voxels), and "mask" is one at every voxel in the loss.
 VALUES = ("log_p", "p", "p_squared", "log_1mp")
 WEIGHTS = ("target", "mask")
 
@@ -99,8 +99,8 @@ class _SoftmaxClassSums(torch.autograd.Function):
                 probs = torch.softmax(logits, dim=1)
             computed: dict[str, Tensor] = {"p": probs}
             if "log_1mp" in values:
-                # 1 - p is 0 or at least 2^-24 (p <= 1 has that resolution near 1); log(0) is clamped to
-                # log(tiny). log1p is cheaper than log on CPU and exact here, since 1 - p is exact for p >= 1/2.
+                # In float32, 1 - p is either 0 or at least 2^-24, so only p == 1 is clamped, to log(tiny).
+                # log1p(-p) measured faster than log(1 - p) on CPU.
                 log_complement = probs.neg().log1p_()
                 computed["log_1mp"] = log_complement.clamp_min_(math.log(torch.finfo(probs.dtype).tiny))
             if "p_squared" in values:
@@ -141,14 +141,13 @@ class _SoftmaxClassSums(torch.autograd.Function):
                 grad = grad.reshape(broadcast)
                 by_value[value] = by_value[value] + grad if value in by_value else grad
         if grad_target_log_probs is not None:
-            # The target log-probability is log p at the target class: a target-weighted log p with a per-voxel
-            # gradient.
+            # The target log-probability is the target-weighted log p, so its gradient is a per-voxel coefficient.
             grad = grad_target_log_probs.unsqueeze(1)
             by_value = coefficients["target"]
             by_value["log_p"] = by_value["log_p"] + grad if "log_p" in by_value else grad
 
-        # d value / d log p: 1 for log p, p for p, 2 p^2 for p^2, and -p / (1 - p) for log(1 - p), which is zero
-        # where 1 - p was clamped (p / 0 = inf there, set to 0).
+        # d value / d log p is 1 for log p, p for p, 2 p^2 for p^2 and -p / (1 - p) for log(1 - p). The last is
+        # zero where 1 - p was clamped: p / 0 gives inf there, which is set to 0.
         factors: dict[str, Tensor | None] = {"log_p": None, "p": probs}
         needed = set(coefficients["target"]) | set(coefficients["mask"])
         if "p_squared" in needed:
@@ -176,9 +175,9 @@ def _accumulate(
     mask: Tensor | None,
     shape: torch.Size,
 ) -> Tensor | None:
-    """Add ``mask * sum_v coefficients[v] * factors[v]`` to ``buffer`` (a new tensor when it is ``None``).
+    """Add ``mask * sum_v coefficients[v] * factors[v]`` to ``buffer``, or to a new tensor when it is ``None``.
 
-    A factor of ``None`` stands for one; a mask of ``None`` for every voxel.
+    A factor of ``None`` stands for one, and a mask of ``None`` for every voxel.
     """
     for value, coefficient in coefficients.items():
         if mask is not None:
