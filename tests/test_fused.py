@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from scripts.losses import build_loss
-from scripts.losses.fused import VALUES, WEIGHTS, softmax_class_sums
+from scripts.losses.fused import VALUES, WEIGHTS, softmax_class_sums, target_log_softmax
 
 ALL_TERMS = list(itertools.product(WEIGHTS, VALUES))
 
@@ -53,10 +54,65 @@ def inputs(shape, dtype=torch.float64, ignore=False, soft=False, seed=0):
 @pytest.mark.parametrize("soft", [False, True], ids=["one-hot", "soft"])
 def test_values_match_autograd(shape, ignore, soft):
     logits, labels, target, mask = inputs(shape, ignore=ignore, soft=soft)
+    # Labels only with the one-hot target they stand for.
+    labels = None if soft else labels
     sums, target_log_p = softmax_class_sums(logits, target, mask, ALL_TERMS, labels)
     expected_sums, expected_target_log_p = reference_sums(logits, target, mask, ALL_TERMS, labels)
     torch.testing.assert_close(sums, expected_sums)
-    torch.testing.assert_close(target_log_p, expected_target_log_p)
+    if soft:
+        assert target_log_p is None
+    else:
+        torch.testing.assert_close(target_log_p, expected_target_log_p)
+
+
+# Without a mask-weighted log p, index labels let the target-weighted log p come from the target class alone.
+TARGET_LOG_P_TERMS = [("target", "log_p"), ("mask", "log_1mp"), ("target", "p")]
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6), (2, 4, 3, 4, 5)], ids=["2d", "3d"])
+@pytest.mark.parametrize("ignore", [False, True], ids=["all-voxels", "ignored-voxels"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_target_log_p_from_labels_matches_log_softmax(shape, ignore, dtype):
+    logits, labels, target, mask = inputs(shape, dtype=dtype, ignore=ignore)
+    logits = logits * 3.0
+    sums, target_log_p = softmax_class_sums(logits, target, mask, TARGET_LOG_P_TERMS, labels)
+    expected_sums, expected_target_log_p = reference_sums(logits, target, mask, TARGET_LOG_P_TERMS, labels)
+    # float32: per voxel a few units in the last place (log(1 - p) from p here, from log p in the reference),
+    # summed over up to 60 voxels.
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(sums, expected_sums, **tolerance)
+    torch.testing.assert_close(target_log_p, expected_target_log_p, **tolerance)
+    # The same sums without labels take the log_softmax path.
+    torch.testing.assert_close(softmax_class_sums(logits, target, mask, TARGET_LOG_P_TERMS)[0], sums)
+
+
+def test_target_log_p_from_labels_gradient():
+    logits, labels, target, mask = inputs((2, 3, 4, 3), ignore=True)
+    logits.requires_grad_()
+    generator = torch.Generator().manual_seed(2)
+    weights = torch.randn((len(TARGET_LOG_P_TERMS), 2, 3), generator=generator, dtype=logits.dtype)
+
+    def objective(x):
+        sums, _ = softmax_class_sums(x, target, mask, TARGET_LOG_P_TERMS, labels)
+        return (sums * weights).sum()
+
+    assert torch.autograd.gradcheck(objective, (logits,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("gap", [100.0, 1e4], ids=["subnormal-p", "zero-p"])
+def test_target_log_p_of_underflowing_probabilities(gap):
+    # The target class's probability is exp(-gap): subnormal in float32 at 100 and zero at 1e4. Its log must be
+    # -gap (to rounding), not -inf or a subnormal's imprecise log, and voxels around it keep their own values.
+    logits = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    logits[0, 0, 1, 2] = -gap
+    logits[0, 1:, 1, 2] = 0.0
+    target = F.one_hot(labels, 3).movedim(-1, 1).float()
+    sums, target_log_p = softmax_class_sums(logits, target, None, TARGET_LOG_P_TERMS, labels)
+    expected = F.log_softmax(logits, dim=1)[:, 0]
+    torch.testing.assert_close(target_log_p, expected)
+    assert target_log_p[0, 1, 2].item() == pytest.approx(-gap - math.log(2.0), rel=1e-6)
+    torch.testing.assert_close(sums[0], expected.sum(dim=(1, 2)).unsqueeze(-1) * target[:, :, 0, 0])
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 3, 3, 3, 4)], ids=["2d", "3d"])
@@ -167,3 +223,33 @@ def test_combo_equals_autograd_formula():
     dice = (2 * (p * target).sum(dim=(2, 3)) + 1e-5) / (p.sum(dim=(2, 3)) + target.sum(dim=(2, 3)) + 1e-5)
     expected = 0.3 * bce[:, 1:].mean(dim=1) - 0.7 * dice[:, 1:].mean(dim=1)
     torch.testing.assert_close(value, expected)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6), (2, 4, 3, 4, 5)], ids=["2d", "3d"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_target_log_softmax_matches_autograd(shape, dtype):
+    logits, labels, _, _ = inputs(shape, dtype=dtype)
+    logits = logits * 3.0
+    # One voxel whose target probability underflows (its label is class 0 there).
+    corner = (0, slice(None), *(0,) * (len(shape) - 2))
+    logits[corner] = torch.tensor([-1e4, 0.0, 1e4, 0.0][: shape[1]], dtype=dtype)
+    labels[(0, *(0,) * (len(shape) - 2))] = 0
+    fused = logits.clone().requires_grad_()
+    plain = logits.clone().requires_grad_()
+    weights = torch.randn(labels.shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
+
+    value = target_log_softmax(fused, labels)
+    expected = F.log_softmax(plain, dim=1).gather(1, labels.unsqueeze(1))[:, 0]
+    (value * weights).sum().backward()
+    (expected * weights).sum().backward()
+
+    tolerance = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {}
+    torch.testing.assert_close(value, expected, **tolerance)
+    torch.testing.assert_close(fused.grad, plain.grad, **tolerance)
+    assert torch.isfinite(value).all()
+
+
+def test_target_log_softmax_gradcheck():
+    logits, labels, _, _ = inputs((2, 3, 4, 3))
+    logits.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: target_log_softmax(x, labels), (logits,), eps=1e-6, atol=1e-6)
