@@ -9,6 +9,7 @@ import torch
 from loss_cases import make_labels, make_logits
 
 from scripts.losses import build_loss
+from scripts.losses.pixel.topk import _sample_positions, mean_of_largest
 
 PROBS = torch.tensor([[0.9, 0.6], [0.2, 0.1]], dtype=torch.float64)
 TARGET = torch.tensor([[1, 1], [0, 0]])[None, None]
@@ -123,3 +124,47 @@ def test_topk_gradient_only_on_selected_voxels():
 def test_topk_invalid_percentage_raises(k):
     with pytest.raises(ValueError, match=r"k must be a finite number in \(0, 100\]"):
         build_loss("topk", k=k)
+
+
+def _plain_top_mean(rows, count):
+    return torch.topk(rows, count, dim=1).values.mean(dim=1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "count"), [((4, 65536), 6553), ((2, 40000), 4000), ((3, 100000), 7)], ids=["2d", "3d", "few"]
+)
+def test_mean_of_largest_equals_topk(shape, count):
+    # Rows long enough for the candidate filter, with spatially structured values as voxel losses have.
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.rand(shape, generator=generator, dtype=torch.float64)
+    rows = rows * torch.linspace(0.0, 3.0, shape[1], dtype=torch.float64)
+    fast = rows.clone().requires_grad_()
+    plain = rows.clone().requires_grad_()
+
+    value = mean_of_largest(fast, count)
+    expected = _plain_top_mean(plain, count)
+    value.sum().backward()
+    expected.sum().backward()
+
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.grad, plain.grad)
+
+
+def test_mean_of_largest_falls_back_when_the_sample_misleads():
+    # Large values exactly at the sampled positions make the estimated threshold too high: too few candidates.
+    length, count = 65536, 6553
+    rows = torch.rand(2, length, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rows[:, _sample_positions(length)] += 10.0
+    torch.testing.assert_close(mean_of_largest(rows, count), _plain_top_mean(rows, count))
+    # Equal values: every entry passes the threshold.
+    constant = torch.full((2, length), 0.25, dtype=torch.float64)
+    torch.testing.assert_close(mean_of_largest(constant, count), _plain_top_mean(constant, count))
+
+
+def test_topk_loss_with_candidate_filter_equals_plain_topk():
+    # 2 x 3 x 40^3: 64,000 voxels per sample, long enough for the candidate filter of mean_of_largest.
+    logits = make_logits((2, 3, 40, 40, 40))
+    labels = make_labels((2, 3, 40, 40, 40), 3)
+    voxel_loss = torch.nn.functional.cross_entropy(logits, labels[:, 0], reduction="none").reshape(2, -1)
+    expected = _plain_top_mean(voxel_loss, 6400)
+    torch.testing.assert_close(build_loss("topk", reduction="none")(logits, labels), expected)
