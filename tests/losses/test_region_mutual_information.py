@@ -296,3 +296,54 @@ def test_rmi_more_than_three_spatial_axes_raises():
 def test_rmi_invalid_options_name_the_value(option, value, message):
     with pytest.raises(ValueError, match=message):
         build_loss("region_mutual_information", **{option: value})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"class_weights": [0.2, 1.0, 3.0]}, {"ignore_index": 255}, {"include_background": False}],
+    ids=["plain", "class-weights", "ignored-voxels", "foreground"],
+)
+def test_rmi_softmax_cross_entropy_variant(options):
+    # The code's forward_softmax_sigmoid: lambda * softmax cross-entropy + (1 - lambda) * the sigmoid RMI sum.
+    shape = (2, 3, 12, 13)
+    logits = make_logits(shape, dtype=torch.float64)
+    labels = blob_labels(shape, 3)
+    if "ignore_index" in options:
+        labels[:, :, :2] = 255
+    value = build_loss("region_mutual_information", cross_entropy="softmax", reduction="none", **options)(
+        logits, labels
+    )
+
+    rmi = build_loss("region_mutual_information", bce_weight=0.0, reduction="none", **options)(logits, labels)
+    weights = torch.tensor(options.get("class_weights", [1.0, 1.0, 1.0]), dtype=torch.float64)
+    if options.get("include_background") is False:
+        weights[0] = 0.0
+    cross_entropy = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(logits[b : b + 1], labels[b : b + 1, 0], weight=weights, ignore_index=255)
+            for b in range(shape[0])
+        ]
+    )
+    torch.testing.assert_close(value, 0.5 * cross_entropy + 0.5 * rmi)
+
+
+def test_rmi_softmax_variant_gradient_and_binary_input():
+    shape = (1, 3, 9, 9)
+    logits = make_logits(shape, dtype=torch.float64).detach().requires_grad_()
+    labels = blob_labels(shape, 3)
+    loss = build_loss("region_mutual_information", cross_entropy="softmax", radius=2, pool_size=2)
+    assert torch.autograd.gradcheck(lambda x: loss(x, labels), (logits,))
+
+    # One channel: both variants are the binary cross-entropy plus the same RMI term.
+    binary_logits = make_logits((2, 1, 9, 9), dtype=torch.float64)
+    binary_labels = blob_labels((2, 1, 9, 9), 2)
+    sigmoid = build_loss("region_mutual_information", radius=2, pool_size=2)(binary_logits, binary_labels)
+    softmax = build_loss("region_mutual_information", cross_entropy="softmax", radius=2, pool_size=2)(
+        binary_logits, binary_labels
+    )
+    torch.testing.assert_close(softmax, sigmoid)
+
+
+def test_rmi_unknown_cross_entropy_mode_raises():
+    with pytest.raises(ValueError, match="cross_entropy must be one of"):
+        build_loss("region_mutual_information", cross_entropy="softplus")

@@ -11,9 +11,11 @@ from torch import Tensor
 
 from ..base import SegmentationInputs, SegmentationLoss, require_real
 from ..distributed import gather_across_ranks, pooling_across_ranks
+from ..pixel.cross_entropy import voxel_cross_entropy
 from ..registry import register_loss
 
 POOL_MODES = ("avg", "max")
+CROSS_ENTROPY_MODES = ("sigmoid", "softmax")
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
@@ -69,6 +71,12 @@ class RegionMutualInformationLoss(SegmentationLoss):
     * Pooling cells start at the first voxel and a partial last cell averages only its real voxels; the code
       pads two zero pixels on each side and averages them in.
     * ``batch=True`` pools the points and voxels of the whole batch into one statistic per class.
+    * ``cross_entropy="softmax"`` is the code's other variant (``forward_softmax_sigmoid``, commented out there):
+      the BCE term becomes the softmax cross-entropy averaged over the voxels (class weights as in
+      ``cross_entropy``), the RMI term keeps the sigmoid probabilities. The classes then compete for each voxel.
+      With the per-class sigmoids, a network trained for a few epochs on Hippocampus had learned one sigmoid
+      that fired on both hippocampus classes and left the other class almost unpredicted (``docs/losses.md``).
+      With one channel both variants are the binary cross-entropy.
 
     3D: ``R = 3`` gives ``d = 27``, a ``27 x 27`` covariance per sample and class, and 3D pooling. The point
     vectors take ``O(M d)`` memory per sample and class, in float64; the pooling divides ``M`` by
@@ -89,6 +97,8 @@ class RegionMutualInformationLoss(SegmentationLoss):
         pool_mode: ``"avg"`` (the paper's training setting) or ``"max"`` (the code's class default).
         bce_weight: ``lambda``, the weight of the BCE term; ``1 - lambda`` weighs the RMI term.
         eps: added to the diagonal of :math:`\Sigma_P` and :math:`\Sigma_{Y|P}`.
+        cross_entropy: ``"sigmoid"`` (the paper: a binary cross-entropy per class) or ``"softmax"`` (one
+            multi-class cross-entropy, the code's ``forward_softmax_sigmoid``).
 
     Example:
         >>> loss = RegionMutualInformationLoss()
@@ -107,6 +117,7 @@ class RegionMutualInformationLoss(SegmentationLoss):
         pool_mode: str = "avg",
         bce_weight: float = 0.5,
         eps: float = 5e-4,
+        cross_entropy: str = "sigmoid",
     ) -> None:
         super().__init__(
             include_background=include_background,
@@ -126,8 +137,11 @@ class RegionMutualInformationLoss(SegmentationLoss):
             raise ValueError(
                 f"eps must be a positive finite number, got {eps}; it keeps the covariances positive definite."
             )
+        if cross_entropy not in CROSS_ENTROPY_MODES:
+            raise ValueError(f"cross_entropy must be one of {CROSS_ENTROPY_MODES}, got {cross_entropy!r}.")
         self.radius = radius
         self.pool_size = pool_size
+        self.cross_entropy = cross_entropy
         self.pool_mode = pool_mode
         self.bce_weight = float(bce_weight)
         self.eps = float(eps)
@@ -145,11 +159,17 @@ class RegionMutualInformationLoss(SegmentationLoss):
             logits = torch.cat([-logits, logits], dim=1)
         target = inputs.target
 
+        class_rmi = self.rmi_lower_bound(target, torch.sigmoid(logits), inputs.mask)
+        if self.cross_entropy == "softmax" and not inputs.binary:
+            cross_entropy = self.average_voxels(voxel_cross_entropy(inputs), inputs)
+            return self.bce_weight * cross_entropy + (1.0 - self.bce_weight) * self._sum_classes(class_rmi, inputs)
+
         voxel_bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         class_bce = inputs.voxel_mean(voxel_bce, batch=self.batch)
-        class_rmi = self.rmi_lower_bound(target, torch.sigmoid(logits), inputs.mask)
-        class_loss = self.bce_weight * class_bce + (1.0 - self.bce_weight) * class_rmi
+        return self._sum_classes(self.bce_weight * class_bce + (1.0 - self.bce_weight) * class_rmi, inputs)
 
+    def _sum_classes(self, class_loss: Tensor, inputs: SegmentationInputs) -> Tensor:
+        """Sum a ``(B | 1, C)`` per-class loss over the classes in the loss, with the class weights."""
         selected = class_loss[:, inputs.region_classes]
         if self.class_weights is None:
             return selected.sum(dim=1)
