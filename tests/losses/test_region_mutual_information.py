@@ -257,6 +257,26 @@ def test_rmi_gradient_matches_finite_differences_3d():
     assert torch.autograd.gradcheck(lambda x: loss(x, labels), (logits,), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ignore_index": 255},
+        {"batch": True, "ignore_index": 255},
+        {"bce_weight": 1.0, "ignore_index": 255},
+        {"bce_weight": 0.0, "ignore_index": 255},
+    ],
+    ids=["ignored-voxels", "batch", "bce-only", "rmi-only"],
+)
+def test_rmi_gradient_with_mask_and_term_weights(options):
+    # The hand-written backward of the sigmoid and BCE sums, with a mask and with either term switched off.
+    labels = blob_labels((2, 3, 7, 6), 3)
+    labels[0, 0, :2] = 255
+    logits = make_logits((2, 3, 7, 6), scale=0.5, dtype=torch.float64).requires_grad_()
+    loss = build_loss("region_mutual_information", radius=2, pool_size=2, **options)
+
+    assert torch.autograd.gradcheck(lambda x: loss(x, labels), (logits,), eps=1e-6, atol=1e-5)
+
+
 def test_rmi_input_smaller_than_window_raises():
     logits = make_logits((1, 3, 16, 16, 8))
     labels = make_labels((1, 3, 16, 16, 8), 3)
