@@ -20,6 +20,8 @@ from collections.abc import Mapping
 
 from ignite.engine import Engine, Events
 
+from .options import as_bool
+
 logger = logging.getLogger(__name__)
 
 
@@ -80,7 +82,7 @@ class WeightTransfer:
         self.target = target
         self.step = float(step)
         self.source_floor = float(source_floor)
-        self.keep_total = bool(keep_total)
+        self.keep_total = as_bool("keep_total", keep_total)
         self.source_start = weights[source]
         self.target_start = weights[target]
 

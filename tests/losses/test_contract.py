@@ -20,6 +20,7 @@ from loss_cases import (
 )
 
 from scripts.losses import list_losses
+from scripts.losses.registry import get_loss_spec
 
 NAMES = [spec.name for spec in list_losses()]
 SHAPES = {"2d": (2, 3, 12, 10), "3d": (2, 3, 8, 10, 6)}
@@ -293,6 +294,23 @@ def test_invalid_options_raise(name):
         build(name, ignore_index=1.5)
     with pytest.raises(ValueError, match="batch must be true or false"):
         build(name, batch="sometimes")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_boolean_option_reads_false_strings(name):
+    # Every constructor option with a boolean default, through build_loss as a config gives it.
+    options = [option for option, default in get_loss_spec(name).defaults.items() if isinstance(default, bool)]
+    for option in options:
+        assert getattr(build(name, **{option: "false"}), option) is False, option
+        assert getattr(build(name, **{option: "true"}), option) is True, option
+
+
+@pytest.mark.parametrize("name", [name for name in NAMES if "smooth_nr" in get_loss_spec(name).defaults])
+@pytest.mark.parametrize("option", ["smooth_nr", "smooth_dr"])
+@pytest.mark.parametrize("value", [-1e-5, float("nan"), float("inf")], ids=["negative", "nan", "inf"])
+def test_invalid_smoothing_raises(name, option, value):
+    with pytest.raises(ValueError, match=option):
+        build(name, **{option: value})
 
 
 @pytest.mark.parametrize("name", NAMES)

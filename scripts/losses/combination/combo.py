@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..base import SegmentationInputs, SegmentationLoss
+from ..base import SegmentationInputs, SegmentationLoss, check_number
 from ..distributed import sum_across_ranks
 from ..registry import register_loss
 
@@ -74,12 +74,10 @@ class ComboLoss(SegmentationLoss):
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {value}.")
-        if smooth_nr < 0 or smooth_dr < 0:
-            raise ValueError(f"smooth_nr and smooth_dr must be non-negative, got {smooth_nr} and {smooth_dr}.")
         self.alpha = float(alpha)
         self.beta = float(beta)
-        self.smooth_nr = float(smooth_nr)
-        self.smooth_dr = float(smooth_dr)
+        self.smooth_nr = check_number("smooth_nr", smooth_nr, low=0.0)
+        self.smooth_dr = check_number("smooth_dr", smooth_dr, low=0.0)
 
     def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
         # Class sums instead of a (B, K, *spatial) BCE tensor: sum t log p, sum log(1 - p) and sum t log(1 - p).

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ..base import SegmentationInputs, SegmentationLoss, as_bool
+from ..base import SegmentationInputs, SegmentationLoss, as_bool, check_number
 from ..registry import register_loss
 
 
@@ -54,11 +54,9 @@ class DiceLoss(SegmentationLoss):
             reduction=reduction,
             batch=batch,
         )
-        if smooth_nr < 0 or smooth_dr < 0:
-            raise ValueError(f"smooth_nr and smooth_dr must be non-negative, got {smooth_nr} and {smooth_dr}.")
         self.squared_pred = as_bool("squared_pred", squared_pred)
-        self.smooth_nr = float(smooth_nr)
-        self.smooth_dr = float(smooth_dr)
+        self.smooth_nr = check_number("smooth_nr", smooth_nr, low=0.0)
+        self.smooth_dr = check_number("smooth_dr", smooth_dr, low=0.0)
 
     def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
         return self.average_classes(1.0 - self.dice_coefficient(inputs), inputs)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..base import SegmentationInputs, SegmentationLoss
+from ..base import SegmentationInputs, SegmentationLoss, check_number
 from ..registry import register_loss
 
 WEIGHT_TYPES = ("square", "simple", "uniform")
@@ -67,11 +67,9 @@ class GeneralizedDiceLoss(SegmentationLoss):
         )
         if w_type not in WEIGHT_TYPES:
             raise ValueError(f"w_type must be one of {WEIGHT_TYPES}, got {w_type!r}.")
-        if smooth_nr < 0 or smooth_dr < 0:
-            raise ValueError(f"smooth_nr and smooth_dr must be non-negative, got {smooth_nr} and {smooth_dr}.")
         self.w_type = w_type
-        self.smooth_nr = float(smooth_nr)
-        self.smooth_dr = float(smooth_dr)
+        self.smooth_nr = check_number("smooth_nr", smooth_nr, low=0.0)
+        self.smooth_dr = check_number("smooth_dr", smooth_dr, low=0.0)
 
     def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
         intersection, prediction_sum, target_sum = inputs.class_sums(batch=self.batch)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from ...options import as_bool
 from ..base import SegmentationInputs, SegmentationLoss, check_number
 from ..registry import register_loss
 
@@ -60,7 +61,7 @@ class JaccardLoss(SegmentationLoss):
             reduction=reduction,
             batch=batch,
         )
-        self.squared_pred = bool(squared_pred)
+        self.squared_pred = as_bool("squared_pred", squared_pred)
         self.smooth_nr = check_number("smooth_nr", smooth_nr, low=0.0)
         self.smooth_dr = check_number("smooth_dr", smooth_dr, low=0.0)
 
