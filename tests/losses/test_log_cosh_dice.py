@@ -84,5 +84,5 @@ def test_log_cosh_is_stable_for_large_arguments(x):
 
 
 def test_log_cosh_dice_invalid_smoothing_raises():
-    with pytest.raises(ValueError, match="smooth_nr and smooth_dr must be non-negative"):
+    with pytest.raises(ValueError, match="smooth_nr must be a finite number >= 0"):
         build_loss("log_cosh_dice", smooth_nr=-1.0)
