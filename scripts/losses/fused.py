@@ -235,8 +235,9 @@ def _target_log_probs(logits: Tensor, probs: Tensor, labels: Tensor) -> Tensor:
     index = labels.unsqueeze(1)
     picked = probs.gather(1, index)[:, 0]
     log_picked = picked.log()
-    low = picked < _SMALLEST_ACCURATE_PROBABILITY
-    if bool(low.any()):
+    # One reduction decides first; the mask of low voxels is built only when there are some.
+    if bool(picked.amin() < _SMALLEST_ACCURATE_PROBABILITY):
+        low = picked < _SMALLEST_ACCURATE_PROBABILITY
         low_logits = logits.detach().movedim(1, -1)[low]
         exact = torch.log_softmax(low_logits, dim=-1).gather(-1, labels[low].unsqueeze(-1))[:, 0]
         log_picked[low] = exact

@@ -161,6 +161,25 @@ def test_mean_of_largest_falls_back_when_the_sample_misleads():
     torch.testing.assert_close(mean_of_largest(constant, count), _plain_top_mean(constant, count))
 
 
+def test_mean_of_largest_shares_the_gradient_of_ties():
+    # Integer-valued entries tie at the count-th largest value: the value is topk's, and the tied entries share
+    # the weight that is left after the larger ones, so each row's gradient still sums to one.
+    length, count = 65536, 6000
+    rows = torch.randint(0, 200, (2, length), generator=torch.Generator().manual_seed(2)).double().requires_grad_()
+    value = mean_of_largest(rows, count)
+    value.sum().backward()
+    kth = torch.topk(rows.detach(), count, dim=1).values[:, -1:]
+    tied = rows.detach() == kth
+
+    torch.testing.assert_close(value, _plain_top_mean(rows.detach(), count))
+    torch.testing.assert_close(rows.grad.sum(dim=1), torch.ones(2, dtype=torch.float64))
+    assert (rows.grad[rows.detach() > kth] == 1.0 / count).all()
+    for row in range(2):
+        shares = rows.grad[row][tied[row]]
+        assert (shares == shares[0]).all()
+        assert 0.0 < shares[0].item() < 1.0 / count
+
+
 def test_topk_loss_with_candidate_filter_equals_plain_topk():
     # 2 x 3 x 40^3: 64,000 voxels per sample, long enough for the candidate filter of mean_of_largest.
     logits = make_logits((2, 3, 40, 40, 40))
