@@ -32,6 +32,7 @@ _SUBMODULES = (
     "tracking",
     "tracking_buffer",
     "transforms",
+    "validation",
 )
 
 

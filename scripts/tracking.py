@@ -327,7 +327,16 @@ class MLflowTracker:
     def finish(self, engine: Engine) -> None:
         self._log_learning_curves()
         if self.checkpoint_path is not None and self.checkpoint_path.is_file():
-            self.client.log_artifact(self.run_id, str(self.checkpoint_path), artifact_path="checkpoints")
+            if saved_by_run(self.checkpoint_path, self.run_id):
+                self.client.log_artifact(self.run_id, str(self.checkpoint_path), artifact_path="checkpoints")
+            else:
+                logger.warning(
+                    "%s was not saved by this training (its %s names another run, or is missing), so it is not "
+                    "logged to MLflow run %s. Did the training validate at least once?",
+                    self.checkpoint_path,
+                    self.checkpoint_path.with_suffix(".json").name,
+                    self.run_id,
+                )
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FINISHED))
         self._close()
         logger.info("MLflow run %s finished.", self.run_id)
@@ -570,3 +579,16 @@ __all__ = [
     "running_config",
     "sqlite_tracking_uri",
 ]
+
+
+def saved_by_run(checkpoint_path: Path, run_id: str | None) -> bool:
+    """Return whether the best model at ``checkpoint_path`` was saved by the training run ``run_id``.
+
+    :class:`scripts.checkpoints.BestModelSaver` records the run in the JSON file beside the weights. A model left in
+    the folder by an earlier training has another run id there, or no readable JSON file at all.
+    """
+    try:
+        description = json.loads(checkpoint_path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(description, dict) and run_id is not None and description.get("training_run_id") == run_id

@@ -323,7 +323,7 @@ def test_loss_overlay_and_override(dataset_dir, tmp_path):
         "--max_epochs",
         "1",
         "--val_interval",
-        "1",
+        "5",
         "--max_cases",
         "2",
         "--patch_size",
@@ -336,6 +336,11 @@ def test_loss_overlay_and_override(dataset_dir, tmp_path):
     assert found[0].data.params["loss"] == "dice"
     assert found[0].data.params["loss.squared_pred"] == "False"
     assert found[0].data.params["loss.include_background"] == "False"
+    # One epoch with val_interval 5: the training still validates after its last epoch and keeps its own model.
+    run_id = found[0].info.run_id
+    assert [metric.step for metric in client.get_metric_history(run_id, "val_mean_dice")] == [1]
+    assert json.loads((output_dir / "models" / "model.json").read_text())["training_run_id"] == run_id
+    assert [artifact.path for artifact in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/model.pt"]
 
 
 def test_missing_dataset_dir_fails_with_download_hint(tmp_path):
