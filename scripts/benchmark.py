@@ -529,6 +529,6 @@ def _header(device: str, repeats: int, warmup: int, timer: str, markdown: bool, 
 
 
 if __name__ == "__main__":
-    import fire
+    from scripts.cli import run_commands
 
-    fire.Fire({"losses": losses})
+    run_commands({"losses": losses})

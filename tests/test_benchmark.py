@@ -133,3 +133,12 @@ def test_benchmark_command_line():
 
     assert "2D logits 1x3x8x8" in result.stdout
     assert "dice" in table_rows(result.stdout)
+
+
+def test_benchmark_command_line_unknown_loss_is_one_line():
+    command = [sys.executable, "-m", "scripts.benchmark", "losses", "--names=dcie", "--dims=2d", "--repeats=1"]
+    result = subprocess.run(command, cwd=BUNDLE_ROOT, capture_output=True, text=True)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: unknown loss 'dcie'")
+    assert "Traceback" not in result.stderr
