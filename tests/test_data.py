@@ -64,6 +64,12 @@ def test_missing_dataset_folder_says_how_to_get_it(tmp_path):
         load_datalist(tmp_path / "nowhere")
 
 
+def test_missing_dataset_folder_names_the_folders_beside_it(tmp_path):
+    (tmp_path / "msd_hippocampus").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"contains: msd_hippocampus\. Check --dataset_dir"):
+        load_datalist(tmp_path / "msd_hipocampus")
+
+
 def test_missing_dataset_json_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"dataset\.json not found"):
         load_datalist(tmp_path)

@@ -278,7 +278,7 @@ def test_unreachable_tracking_server_names_uri():
     [
         (["--losses", "dice,nosuch"], "error: unknown loss 'nosuch'"),
         (["--shard", "3/2"], "error: invalid shard '3/2'"),
-        (["--dataset_dir", "{missing}"], "not found. Download the task"),
+        (["--dataset_dir", "{missing}"], "Check --dataset_dir, or download the task"),
         (["--tracking_uri", "http://127.0.0.1:{port}"], "is unreachable"),
     ],
 )

@@ -24,9 +24,16 @@ def read_dataset_json(dataset_dir: str | Path) -> dict[str, Any]:
     """
     folder = Path(dataset_dir).expanduser()
     if not folder.is_dir():
+        # A mistyped folder name is a common cause, so name the folders that do exist beside it.
+        nearby = ""
+        if folder.parent.is_dir():
+            siblings = sorted(entry.name for entry in folder.parent.iterdir() if entry.is_dir())
+            if siblings:
+                listing = ", ".join(siblings[:8]) + (", ..." if len(siblings) > 8 else "")
+                nearby = f" {folder.parent} contains: {listing}."
         raise FileNotFoundError(
-            f"dataset folder {folder} not found. Download the task with `python -m scripts.data download "
-            f"--dataset_dir {folder}`, or pass --dataset_dir with the folder of a Decathlon task."
+            f"dataset folder {folder} not found.{nearby} Check --dataset_dir, or download the task there with "
+            f"`python -m scripts.data download --dataset_dir {folder}`."
         )
     path = folder / DATASET_JSON
     if not path.is_file():
