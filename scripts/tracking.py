@@ -408,6 +408,7 @@ class MLflowTracker:
             "network_parameters": network_parameters,
             "optimizer": type(self.optimizer).__name__,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "weight_decay": self.optimizer.param_groups[0].get("weight_decay"),
             "max_epochs": engine.state.max_epochs,
             "torch_version": torch.__version__,
             "mlflow_version": mlflow.__version__,

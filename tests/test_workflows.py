@@ -92,7 +92,7 @@ def test_training_writes_checkpoint_and_split(trained):
     assert split["dataset"]["fold"] == 0
 
 
-def test_training_run_has_params(trained):
+def test_training_run_has_params(trained, dataset_dir):
     client, found = runs(trained)
     run = found[0]
     params = run.data.params
@@ -109,7 +109,9 @@ def test_training_run_has_params(trained):
         "network_channels": "[16, 32, 64, 128]",
         "optimizer": "AdamW",
         "learning_rate": "0.002",
+        "weight_decay": "1e-05",
         "max_epochs": "2",
+        "max_cases": "4",
         "batch_size": "2",
         "patch_size": "[24, 32, 24]",
         "seed": "0",
@@ -119,6 +121,7 @@ def test_training_run_has_params(trained):
     }
     for key, value in expected.items():
         assert params.get(key) == value, f"param {key}: {params.get(key)!r} != {value!r}"
+    assert params["dataset_dir"] == str(dataset_dir)
     assert "1805.02798" in params["loss_paper"]
     assert int(params["network_parameters"]) > 100_000
     assert params["dataset_name"].startswith("Hippocampus")
