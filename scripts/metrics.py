@@ -42,8 +42,19 @@ class SpacingAwareMetric(IgniteMetricHandler):
         if len(output) != 2:
             raise ValueError(f"output must have length 2 (prediction, label), got {len(output)}.")
         predictions, labels = output
-        for prediction, label in zip(predictions, labels):
-            self.metric_fn(prediction[None], label[None], spacing=voxel_spacing(label))
+        with warnings.catch_warnings():
+            ignore_mask_edges_deprecation()
+            for prediction, label in zip(predictions, labels):
+                self.metric_fn(prediction[None], label[None], spacing=voxel_spacing(label))
+
+
+def ignore_mask_edges_deprecation() -> None:
+    """Ignore the deprecation warning about ``always_return_as_numpy`` inside a ``warnings.catch_warnings()`` block.
+
+    MONAI 1.6.1's surface metrics pass ``get_mask_edges`` an argument that it marks deprecated, a warning that no
+    caller can act on and that every validation would print.
+    """
+    warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
 
 
 def hausdorff_95(output_transform: Callable, include_background: bool = False) -> SpacingAwareMetric:
@@ -111,10 +122,9 @@ class CaseMetric(CumulativeIterationMetric):
             return (present & ~predicted).float()
 
         with warnings.catch_warnings():
-            # MONAI warns about every empty mask; the cells it cannot score are filled below. MONAI 1.6.1's surface
-            # metrics also pass get_mask_edges an argument that it marks deprecated, a warning no caller can act on.
+            # MONAI warns about every empty mask; the cells it cannot score are filled below.
             warnings.simplefilter("ignore", UserWarning)
-            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+            ignore_mask_edges_deprecation()
             values = self._monai_values(y_pred, y, spacing).float()
 
         diagonal = math.sqrt(sum((size * step) ** 2 for size, step in zip(y.shape[2:], spacing)))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
-from scripts.metrics import CaseMetric
+from scripts.metrics import CaseMetric, hausdorff_95
 
 SHAPE = (6, 6, 6)
 SPACING = [2.0, 1.0, 1.0]
@@ -126,3 +127,17 @@ def test_unknown_metric_and_bad_tolerance_raise():
         CaseMetric("iou")
     with pytest.raises(ValueError, match="tolerance must be a finite distance"):
         CaseMetric("surface_dice", tolerance=-1.0)
+
+
+def test_validation_hd95_prints_no_monai_deprecation_warning():
+    # MONAI 1.6.1 passes get_mask_edges a deprecated argument inside its surface metrics; validation must not print it.
+    handler = hausdorff_95(lambda output: output)
+    label = torch.zeros(1, 3, 8, 8, 8)
+    label[:, 0] = 1.0
+    label[:, 0, 2:5, 2:5, 2:5] = 0.0
+    label[:, 1, 2:5, 2:5, 2:5] = 1.0
+    label[:, 2, 6, 6, 6], label[:, 0, 6, 6, 6] = 1.0, 0.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        handler.update((list(label), list(label)))
+    assert not [warning for warning in caught if "always_return_as_numpy" in str(warning.message)]
