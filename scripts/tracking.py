@@ -301,6 +301,14 @@ class MLflowTracker:
         metrics: dict[str, float] = {}
         if self._epoch_losses:
             metrics["train_loss"] = sum(self._epoch_losses) / len(self._epoch_losses)
+            # The console shows every 20th iteration only; this line also covers epochs shorter than that.
+            logger.info(
+                "Epoch %d/%d: mean train_loss %.4f over %d iterations.",
+                epoch,
+                engine.state.max_epochs,
+                metrics["train_loss"],
+                len(self._epoch_losses),
+            )
         self._epoch_losses = []
         metrics["learning_rate"] = self._epoch_learning_rate
         for name, parameter in self.loss.named_parameters():

@@ -310,7 +310,7 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
 
 def test_loss_overlay_and_override(dataset_dir, tmp_path):
     output_dir = tmp_path / "outputs"
-    run_bundle(
+    result = run_bundle(
         "--config_file",
         json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "losses" / "dice.yaml")]),
         "--meta_file",
@@ -344,6 +344,8 @@ def test_loss_overlay_and_override(dataset_dir, tmp_path):
     assert [metric.step for metric in client.get_metric_history(run_id, "val_mean_dice")] == [1]
     assert json.loads((output_dir / "models" / "model.json").read_text())["training_run_id"] == run_id
     assert [artifact.path for artifact in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/model.pt"]
+    # One iteration per epoch, fewer than the console's 20: the epoch's mean loss is still printed.
+    assert "Epoch 1/1: mean train_loss" in result.stdout + result.stderr
 
 
 def test_missing_dataset_dir_fails_with_download_hint(tmp_path):
