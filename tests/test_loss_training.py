@@ -81,3 +81,6 @@ def test_loss_trains_one_epoch(name, dataset_dir, tmp_path, request):
     assert found.data.tags["loss_family"] == get_loss_spec(name).family
     assert math.isfinite(found.data.metrics["train_loss"])
     assert "val_mean_dice" in found.data.metrics
+    # The network the trainer ran: a wrapper with the loss's heads where the overlay adds them.
+    wrapped = {"boundary_aware", "conditional_boundary", "inverse_form"}
+    assert (found.data.params["train_network"] != "UNet") == (name in wrapped)

@@ -112,6 +112,8 @@ def test_training_run_has_params(trained, dataset_dir):
         "weight_decay": "1e-05",
         "max_epochs": "2",
         "max_cases": "4",
+        "train_network": "UNet",
+        "loss_input_keys": "[]",
         "batch_size": "2",
         "patch_size": "[24, 32, 24]",
         "seed": "0",
