@@ -121,6 +121,19 @@ class BestModelSaver:
         )
 
 
+def saved_by_run(checkpoint_path: Path, run_id: str | None) -> bool:
+    """Return whether the best model at ``checkpoint_path`` was saved by the training run ``run_id``.
+
+    :class:`BestModelSaver` records the run in the JSON file beside the weights. A model left in
+    the folder by an earlier training has another run id there, or no readable JSON file at all.
+    """
+    try:
+        description = json.loads(checkpoint_path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(description, dict) and run_id is not None and description.get("training_run_id") == run_id
+
+
 class TrainingCheckpoint:
     """Save the whole training state during training, and resume from it when the same training is rerun.
 
@@ -359,4 +372,4 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-__all__ = ["BestModelSaver", "TrainingCheckpoint", "atomic_save", "load_checkpoint", "unwrap"]
+__all__ = ["BestModelSaver", "TrainingCheckpoint", "atomic_save", "load_checkpoint", "saved_by_run", "unwrap"]

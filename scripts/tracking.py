@@ -35,6 +35,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from . import BUNDLE_ROOT
+from .checkpoints import saved_by_run
 from .losses import describe_loss, get_loss_spec
 from .metrics import per_class_means
 from .plots import plot_learning_curves
@@ -588,16 +589,3 @@ __all__ = [
     "running_config",
     "sqlite_tracking_uri",
 ]
-
-
-def saved_by_run(checkpoint_path: Path, run_id: str | None) -> bool:
-    """Return whether the best model at ``checkpoint_path`` was saved by the training run ``run_id``.
-
-    :class:`scripts.checkpoints.BestModelSaver` records the run in the JSON file beside the weights. A model left in
-    the folder by an earlier training has another run id there, or no readable JSON file at all.
-    """
-    try:
-        description = json.loads(checkpoint_path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(description, dict) and run_id is not None and description.get("training_run_id") == run_id

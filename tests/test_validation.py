@@ -7,7 +7,7 @@ import json
 import pytest
 from ignite.engine import Engine
 
-from scripts.tracking import saved_by_run
+from scripts.checkpoints import saved_by_run
 from scripts.validation import LastEpochValidation
 
 

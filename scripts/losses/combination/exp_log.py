@@ -128,11 +128,7 @@ class ExpLogLoss(SegmentationLoss):
         class_sums, target_log_probs = inputs.class_sums_and_target_log_probs(batch=self.batch)
         # The sum over voxels of w_l (-ln p_l)^gamma, each voxel weighted by its class (zero where ignored).
         powered = bounded_power(-target_log_probs, self.gamma_cross)
-        with torch.no_grad():
-            voxel_weights = inputs.at_labels(inputs.class_weight_vector(weights))
-            if inputs.mask is not None:
-                voxel_weights = voxel_weights * inputs.mask[:, 0]
-        total = (powered * voxel_weights).flatten(start_dim=1).sum(dim=1)
+        total = (powered * inputs.voxel_weights(weights)).flatten(start_dim=1).sum(dim=1)
         count = inputs.voxel_count()
         if self.batch:
             total, count = pool_batch_sums(total.unsqueeze(1), count.unsqueeze(1))
