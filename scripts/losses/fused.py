@@ -235,7 +235,7 @@ def _target_log_probs(logits: Tensor, probs: Tensor, labels: Tensor) -> Tensor:
     index = labels.unsqueeze(1)
     picked = probs.gather(1, index)[:, 0]
     log_picked = picked.log()
-    # One reduction decides first; the mask of low voxels is built only when there are some.
+    # One reduction decides first, so the mask of low voxels is built only when there are some.
     if bool(picked.amin() < _SMALLEST_ACCURATE_PROBABILITY):
         low = picked < _SMALLEST_ACCURATE_PROBABILITY
         low_logits = logits.detach().movedim(1, -1)[low]

@@ -150,7 +150,7 @@ def test_mean_of_largest_equals_topk(shape, count):
     torch.testing.assert_close(fast.grad, plain.grad)
 
 
-def test_mean_of_largest_falls_back_when_the_sample_misleads():
+def test_mean_of_largest_misleading_sample_fallback():
     # Large values exactly at the sampled positions make the estimated threshold too high: too few candidates.
     length, count = 65536, 6553
     rows = torch.rand(2, length, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -161,7 +161,7 @@ def test_mean_of_largest_falls_back_when_the_sample_misleads():
     torch.testing.assert_close(mean_of_largest(constant, count), _plain_top_mean(constant, count))
 
 
-def test_mean_of_largest_shares_the_gradient_of_ties():
+def test_mean_of_largest_tie_gradient_shared():
     # Integer-valued entries tie at the count-th largest value: the value is topk's, and the tied entries share
     # the weight that is left after the larger ones, so each row's gradient still sums to one.
     length, count = 65536, 6000
@@ -180,7 +180,7 @@ def test_mean_of_largest_shares_the_gradient_of_ties():
         assert 0.0 < shares[0].item() < 1.0 / count
 
 
-def test_topk_loss_with_candidate_filter_equals_plain_topk():
+def test_topk_loss_filter_equals_topk():
     # 2 x 3 x 40^3: 64,000 voxels per sample, long enough for the candidate filter of mean_of_largest.
     logits = make_logits((2, 3, 40, 40, 40))
     labels = make_labels((2, 3, 40, 40, 40), 3)

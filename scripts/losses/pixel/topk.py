@@ -108,7 +108,7 @@ class TopKLoss(SegmentationLoss):
         return (values * selected).sum(dim=1) / selected_count.clamp_min(1).to(values.dtype)
 
 
-# Rows shorter than this go straight to torch.topk; the sample that estimates a threshold has this many entries.
+# The size of the sample that estimates a row's threshold. Rows shorter than four samples go straight to torch.topk.
 _SAMPLE_SIZE = 8192
 
 
@@ -121,7 +121,7 @@ def mean_of_largest(rows: Tensor, count: int) -> Tensor:
     sum of the entries at or above it, a masked sum with an elementwise backward (see :func:`_kth_largest`).
 
     The gradient is ``1 / count`` on each selected entry, as with ``topk``. Where several entries equal the
-    ``count``-th largest value and only some of them fit, ``topk`` picks some of them; here they share the
+    ``count``-th largest value and only some of them fit, ``topk`` picks some of them. Here they share the
     remaining weight equally, which is an equally valid subgradient.
 
     On other devices ``topk`` is already fast, and a fallback decision would wait for the device.
@@ -149,26 +149,29 @@ def mean_of_largest(rows: Tensor, count: int) -> Tensor:
 def _kth_largest(values: Tensor, count: int) -> Tensor | None:
     """Return the ``count``-th largest entry of each row, ``(R, 1)``, or ``None`` when the filter does not apply.
 
-    The candidates of a row are its entries at or above a threshold read from a random sample of the row, set so
-    that about 1.25 ``count`` entries pass; ``topk`` runs on those alone. A row that keeps fewer than ``count``
-    candidates (an unlucky sample) or more than half of its entries (many equal values) gives ``None``, and the
-    caller falls back to ``topk`` on the whole rows, so the result is exact in every case.
+    The candidates of a row are its entries at or above a threshold read from a random sample of the row. The
+    threshold is set so that about 1.25 ``count`` entries pass, and ``topk`` runs on those alone. A row that keeps
+    fewer than ``count`` candidates (an unlucky sample) or more than half of its entries (many equal values) gives
+    ``None``, and the caller falls back to ``topk`` on the whole rows, so the result is exact in every case.
     """
     length = values.shape[1]
     sample = values[:, _sample_positions(length)]
     sample_count = min(_SAMPLE_SIZE, math.ceil(1.25 * count * _SAMPLE_SIZE / length) + 8)
     threshold = torch.topk(sample, sample_count, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
     candidates = values >= threshold
-    kept = candidates.sum(dim=1)
-    if bool((kept < count).any()) or bool((2 * kept > length).any()):
+    candidate_counts = candidates.sum(dim=1)
+    if bool((candidate_counts < count).any()) or bool((2 * candidate_counts > length).any()):
         return None
-    # The candidates of all rows, row after row; one topk per row (the rows are samples, a handful).
-    kept_rows = values[candidates].split(kept.tolist())
-    return torch.stack([torch.topk(row, count, sorted=False).values.amin() for row in kept_rows]).unsqueeze(1)
+    # The candidates of all rows, row after row, and one topk per row (the rows are samples, a handful).
+    candidate_rows = values[candidates].split(candidate_counts.tolist())
+    return torch.stack([torch.topk(row, count, sorted=False).values.amin() for row in candidate_rows]).unsqueeze(1)
 
 
 @functools.lru_cache(maxsize=8)
 def _sample_positions(length: int) -> Tensor:
-    """``_SAMPLE_SIZE`` random positions in a row of ``length``, the same for every call (their own generator)."""
+    """Return ``_SAMPLE_SIZE`` random positions in a row of ``length``, the same in every call.
+
+    A generator of their own draws them, so the global random state is left untouched.
+    """
     generator = torch.Generator().manual_seed(length)
     return torch.randint(length, (_SAMPLE_SIZE,), generator=generator)

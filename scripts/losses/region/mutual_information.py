@@ -256,7 +256,7 @@ class _SigmoidAndBCESums(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         with torch.no_grad():
             probs = torch.sigmoid(logits)
-            # softplus(x) - t x, the BCE of a logit; softplus returns x itself above 20, within 2e-9.
+            # softplus(x) - t x is the BCE of a logit. softplus returns x itself above 20, within 2e-9.
             bce = F.softplus(logits).addcmul_(logits, target, value=-1.0)
             if mask is not None:
                 bce.mul_(mask)
