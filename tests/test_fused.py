@@ -65,8 +65,15 @@ def test_values_match_autograd(shape, ignore, soft):
         torch.testing.assert_close(target_log_p, expected_target_log_p)
 
 
-# Without a mask-weighted log p, index labels let the target-weighted log p come from the target class alone.
-TARGET_LOG_P_TERMS = [("target", "log_p"), ("mask", "log_1mp"), ("target", "p")]
+# Without a mask-weighted log p, index labels let every target-weighted sum come from the target class alone.
+TARGET_LOG_P_TERMS = [
+    ("target", "log_p"),
+    ("mask", "log_1mp"),
+    ("target", "p"),
+    ("target", "log_1mp"),
+    ("target", "p_squared"),
+    ("mask", "p"),
+]
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 6), (2, 4, 3, 4, 5)], ids=["2d", "3d"])

@@ -102,11 +102,13 @@ class _SoftmaxClassSums(torch.autograd.Function):
             else:
                 probs = torch.softmax(logits, dim=1)
             target_log_probs = logits.new_empty(0)
+            picked = None
             if labels is not None:
                 if log_probs is not None:
                     target_log_probs = log_probs.gather(1, labels.unsqueeze(1))[:, 0]
                 else:
-                    target_log_probs = _target_log_probs(logits, probs, labels)
+                    picked = probs.gather(1, labels.unsqueeze(1))[:, 0]
+                    target_log_probs = _target_log_probs(logits, picked, labels)
             computed: dict[str, Tensor] = {"p": probs}
             if "log_1mp" in values:
                 # In float32, 1 - p is either 0 or at least 2^-24, so only p == 1 is clamped, to log(tiny).
@@ -121,9 +123,16 @@ class _SoftmaxClassSums(torch.autograd.Function):
             elif "log_p" in values:
                 # Only target-weighted: the target is one-hot, so t * log p = t * (log p of the target class).
                 computed["log_p"] = target_log_probs.unsqueeze(1)
+            at_labels = {}
+            if picked is not None:
+                target_values = [value for weight, value in terms if weight == "target"]
+                at_labels = _sums_at_labels(target, picked, target_log_probs, target_values)
             sums = []
             scratch = None
             for weight, value in terms:
+                if weight == "target" and value in at_labels:
+                    sums.append(at_labels[value])
+                    continue
                 scale = target if weight == "target" else mask
                 if scale is None:
                     sums.append(computed[value].sum(dim=dims))
@@ -204,7 +213,7 @@ class _TargetLogSoftmax(torch.autograd.Function):
     def forward(ctx, logits: Tensor, labels: Tensor):
         with torch.no_grad():
             probs = torch.softmax(logits, dim=1)
-            log_probs = _target_log_probs(logits, probs, labels)
+            log_probs = _target_log_probs(logits, probs.gather(1, labels.unsqueeze(1))[:, 0], labels)
         ctx.save_for_backward(probs, labels)
         return log_probs
 
@@ -223,8 +232,35 @@ class _TargetLogSoftmax(torch.autograd.Function):
 _SMALLEST_ACCURATE_PROBABILITY = 1e-30
 
 
-def _target_log_probs(logits: Tensor, probs: Tensor, labels: Tensor) -> Tensor:
-    """Return ``log p`` of each voxel's target class, ``(B, *spatial)``, from the softmax output.
+def _sums_at_labels(
+    target: Tensor, picked: Tensor, target_log_probs: Tensor, values: Sequence[str]
+) -> dict[str, Tensor]:
+    """Return ``sum_n t_nc v(p_nc)``, ``(B, C)``, for each of ``values``, from the target class's probability alone.
+
+    With a one-hot ``target``, ``t_nc v(p_nc)`` is ``v`` of the voxel's target probability ``picked``
+    (``(B, *spatial)``) in the row of its class. So each value is computed for ``N`` voxels instead of ``C N``, and a
+    batched product of the ``(B, 1, N)`` values with the ``(B, N, C)`` target gives its sums. On CPU that measured
+    about three times faster than a product and a sum over ``(B, C, N)``.
+    """
+    batch_size, classes = target.shape[:2]
+    flat_target = target.reshape(batch_size, classes, -1).transpose(1, 2)
+    sums = {}
+    for value in values:
+        if value == "p":
+            per_voxel = picked
+        elif value == "p_squared":
+            per_voxel = picked * picked
+        elif value == "log_p":
+            per_voxel = target_log_probs
+        else:
+            # log(1 - p), clamped as in the pass over every class.
+            per_voxel = picked.neg().log1p_().clamp_min_(math.log(torch.finfo(picked.dtype).tiny))
+        sums[value] = torch.bmm(per_voxel.reshape(batch_size, 1, -1), flat_target)[:, 0]
+    return sums
+
+
+def _target_log_probs(logits: Tensor, picked: Tensor, labels: Tensor) -> Tensor:
+    """Return ``log p`` of each voxel's target class, ``(B, *spatial)``, from its softmax output ``picked``.
 
     The log of ``N`` probabilities costs about a third of a ``log_softmax`` over three classes (measured on CPU),
     and it saves the ``exp``
@@ -232,8 +268,6 @@ def _target_log_probs(logits: Tensor, probs: Tensor, labels: Tensor) -> Tensor:
     long as it is a normal number, so its log is accurate to about ``1e-7``. Voxels whose target probability is
     smaller (a confidently wrong voxel) take ``log_softmax`` of their own logits instead, which stays finite.
     """
-    index = labels.unsqueeze(1)
-    picked = probs.gather(1, index)[:, 0]
     log_picked = picked.log()
     # One reduction decides first, so the mask of low voxels is built only when there are some.
     if bool(picked.amin() < _SMALLEST_ACCURATE_PROBABILITY):
