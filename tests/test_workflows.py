@@ -367,6 +367,32 @@ def test_missing_dataset_dir_fails_with_download_hint(tmp_path):
     assert result.returncode != 0
     assert "no_such_task not found" in result.stderr
     assert "python -m scripts.data download" in result.stderr
+    # The message is also the last line, below MONAI's "Failed to instantiate" wrapper.
+    assert result.stderr.strip().splitlines()[-1].startswith("error: dataset folder ")
+
+
+def test_invalid_loss_option_is_the_last_line(dataset_dir, tmp_path):
+    result = run_bundle(
+        "--config_file",
+        str(CONFIGS / "train.yaml"),
+        "--meta_file",
+        META,
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(tmp_path / "outputs"),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+        "--loss#alpha",
+        "2",
+        *SMOKE,
+        cwd=tmp_path,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert "Failed to instantiate component 'scripts.losses.build_loss'" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: alpha must lie in [0, 1], got 2."
 
 
 def test_evaluation_names_the_loss_that_trained_the_model(tmp_path, caplog):
