@@ -143,7 +143,8 @@ class MLflowTracker:
     channels), the optimizer and learning rate, the training settings in ``params``, the dataset (name, case counts)
     and the git commit; tags ``loss``, ``loss_family``, ``fold`` and ``seed``; the split and the resolved config as
     artifacts. Per epoch: ``train_loss`` (mean over the epoch's iterations), ``learning_rate``, the loss's scalar
-    parameters (``loss_param.*``) and weights (``loss_weight.*``). Per validation round: ``val_mean_dice``,
+    parameters (``loss_param.*``) and weights (``loss_weight.*``), and for a weighted sum each member's unweighted
+    mean (``train_loss.<member>``). Per validation round: ``val_mean_dice``,
     ``val_hd95`` and per-class ``val_dice.<class>`` and ``val_hd95.<class>``. On completion: the best checkpoint
     and ``learning_curves.png``. An exception marks the run ``FAILED`` with the error in the ``error`` tag.
 
@@ -218,6 +219,7 @@ class MLflowTracker:
         self._resume: dict[str, Any] | None = None
         self._logged_steps: set[tuple[str, int]] = set()
         self._epoch_losses: list[float] = []
+        self._epoch_member_losses: dict[str, list[float]] = {}
         self._epoch_learning_rate = float("nan")
         self._trainer: Engine | None = None
 
@@ -311,6 +313,9 @@ class MLflowTracker:
                 len(self._epoch_losses),
             )
         self._epoch_losses = []
+        for name, values in self._epoch_member_losses.items():
+            metrics[f"train_loss.{name}"] = sum(values) / len(values)
+        self._epoch_member_losses = {}
         metrics["learning_rate"] = self._epoch_learning_rate
         for name, parameter in self.loss.named_parameters():
             if parameter.numel() == 1:
@@ -409,6 +414,9 @@ class MLflowTracker:
             loss = output[0].get("loss")
         if loss is not None:
             self._epoch_losses.append(float(torch.as_tensor(loss).detach().float().mean()))
+        # A weighted sum's members, so that a run whose schedule moves weight between them shows each term.
+        for name, value in getattr(self.loss, "last_member_losses", {}).items():
+            self._epoch_member_losses.setdefault(name, []).append(float(value))
 
     def _run_params(self, engine: Engine) -> dict[str, Any]:
         network_parameters = sum(parameter.numel() for parameter in self.network.parameters())

@@ -84,3 +84,8 @@ def test_loss_trains_one_epoch(name, dataset_dir, tmp_path, request):
     # The network the trainer ran: a wrapper with the loss's heads where the overlay adds them.
     wrapped = {"boundary_aware", "conditional_boundary", "inverse_form"}
     assert (found.data.params["train_network"] != "UNet") == (name in wrapped)
+    # A weighted sum logs each member's unweighted mean beside its weight.
+    weights = {key.split(".", 1)[1] for key in found.data.metrics if key.startswith("loss_weight.")}
+    members = {key.split(".", 1)[1] for key in found.data.metrics if key.startswith("train_loss.")}
+    assert members == weights
+    assert all(math.isfinite(found.data.metrics[f"train_loss.{member}"]) for member in members)
