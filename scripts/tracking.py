@@ -167,6 +167,8 @@ class MLflowTracker:
         parent_run_id: id of an existing run to nest this run under (MLflow's ``mlflow.parentRunId`` tag), e.g. a
             study's parent run; ``None`` creates a top-level run.
         checkpoint_path: the best checkpoint, logged as an artifact at the end.
+        loss_transforms: the transforms that compute the loss's extra targets (the config's ``loss_transforms``);
+            their settings are logged as ``loss_transform.<class>.<attribute>`` parameters.
         artifact_location: where a new experiment stores artifacts; default ``mlartifacts`` beside a SQLite
             database, the server's default otherwise.
         requested_tracking_uri: the URI the config asked for, when ``tracking_uri`` is a fallback from
@@ -191,6 +193,7 @@ class MLflowTracker:
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
         checkpoint_path: str | Path | None = None,
+        loss_transforms: Sequence[Any] = (),
         artifact_location: str | None = None,
         requested_tracking_uri: str | None = None,
         retry_interval: float = 60.0,
@@ -209,6 +212,7 @@ class MLflowTracker:
         self.tags = dict(tags or {})
         self.parent_run_id = parent_run_id
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.loss_transforms = list(loss_transforms or ())
         self.artifact_location = artifact_location or default_artifact_location(tracking_uri)
         self.run_name = run_name or self._default_run_name()
         self.requested_tracking_uri = requested_tracking_uri or tracking_uri
@@ -439,6 +443,7 @@ class MLflowTracker:
         for key in ("name", "num_training", "num_validation", "num_folds"):
             if key in dataset:
                 params[f"dataset_{key}" if key == "name" else key] = dataset[key]
+        params.update(describe_transforms(self.loss_transforms))
         params.update(self.params)
         return params
 
@@ -540,6 +545,34 @@ class MLflowTracker:
         fold = self.params.get("fold", "x")
         seed = self.params.get("seed", "x")
         return f"{name}-fold{fold}-seed{seed}"
+
+
+def describe_transforms(transforms: Sequence[Any], prefix: str = "loss_transform") -> dict[str, Any]:
+    """Return the settings of each transform as flat parameters, ``<prefix>.<class>.<attribute>``.
+
+    A setting is a public attribute whose value is a number, a string, a flag, ``None`` or a short list of those.
+    The keys a transform reads and any other objects it stores are left out. ``<prefix>.<class>`` names the transform's full
+    class path. A class that occurs twice gets its position in the list appended to its name.
+    """
+    names = [type(transform).__name__ for transform in transforms]
+    described: dict[str, Any] = {}
+    for index, (transform, name) in enumerate(zip(transforms, names, strict=True)):
+        if names.count(name) > 1:
+            name = f"{name}{index}"
+        described[f"{prefix}.{name}"] = f"{type(transform).__module__}.{type(transform).__qualname__}"
+        for attribute, value in sorted(getattr(transform, "__dict__", {}).items()):
+            if attribute.startswith("_") or attribute in ("keys", "allow_missing_keys"):
+                continue
+            if _is_setting(value):
+                described[f"{prefix}.{name}.{attribute}"] = list(value) if isinstance(value, tuple) else value
+    return described
+
+
+def _is_setting(value: Any) -> bool:
+    plain = (bool, int, float, str, type(None))
+    if isinstance(value, plain):
+        return True
+    return isinstance(value, (list, tuple)) and len(value) <= 16 and all(isinstance(item, plain) for item in value)
 
 
 def default_artifact_location(tracking_uri: str) -> str | None:

@@ -84,6 +84,16 @@ def test_loss_trains_one_epoch(name, dataset_dir, tmp_path, request):
     # The network the trainer ran: a wrapper with the loss's heads where the overlay adds them.
     wrapped = {"boundary_aware", "conditional_boundary", "inverse_form"}
     assert (found.data.params["train_network"] != "UNet") == (name in wrapped)
+    # The settings of the transforms that compute the loss's extra targets are parameters too.
+    overlay = yaml.safe_load((CONFIGS / "losses" / f"{name}.yaml").read_text())
+    for transform in overlay.get("loss_transforms", []):
+        class_name = transform["_target_"].rsplit(".", 1)[1]
+        assert found.data.params[f"loss_transform.{class_name}"].endswith(f".{class_name}")
+        for key, value in transform.items():
+            logged = found.data.params.get(f"loss_transform.{class_name}.{key}")
+            if key in ("_target_", "keys") or str(value).startswith(("@", "$")):
+                continue
+            assert logged == str(value), f"{class_name}.{key}: logged {logged!r}, config {value!r}"
     # A weighted sum logs each member's unweighted mean beside its weight.
     weights = {key.split(".", 1)[1] for key in found.data.metrics if key.startswith("loss_weight.")}
     members = {key.split(".", 1)[1] for key in found.data.metrics if key.startswith("train_loss.")}
