@@ -551,8 +551,8 @@ def describe_transforms(transforms: Sequence[Any], prefix: str = "loss_transform
     """Return the settings of each transform as flat parameters, ``<prefix>.<class>.<attribute>``.
 
     A setting is a public attribute whose value is a number, a string, a flag, ``None`` or a short list of those.
-    The keys a transform reads and any other objects it stores are left out. ``<prefix>.<class>`` names the transform's full
-    class path. A class that occurs twice gets its position in the list appended to its name.
+    The keys a transform reads and any other objects it stores are left out. ``<prefix>.<class>`` names the
+    transform's full class path. A class that occurs twice gets its position in the list appended to its name.
     """
     names = [type(transform).__name__ for transform in transforms]
     described: dict[str, Any] = {}

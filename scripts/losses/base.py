@@ -367,6 +367,9 @@ class SegmentationInputs:
         if self.binary:
             signed = torch.where(self._labels.unsqueeze(1) == 1, self.logits, -self.logits)
             return F.logsigmoid(signed)[:, 0]
+        if "log_probs" in self.__dict__:
+            # A loss that has already computed the log-softmax gathers from it, so one backward pass serves both.
+            return self.log_probs.gather(1, self._labels.unsqueeze(1))[:, 0]
         # One softmax pass with a two-pass backward, faster on CPU than a gather from the log-softmax or
         # F.cross_entropy(reduction="none").
         return target_log_softmax(self.logits, self._labels)

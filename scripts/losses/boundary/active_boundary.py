@@ -139,8 +139,10 @@ class ActiveBoundaryLoss(SegmentationLoss):
                 f"{_DISTANCE}."
             )
 
+        # The boundary term first: it computes the log-softmax, which the cross-entropy then reuses.
+        boundary_term = self.active_boundary_term(inputs, distance)
         total = self.cross_entropy_weight * self.average_voxels(voxel_cross_entropy(inputs), inputs)
-        total = total + self.boundary_weight * self.active_boundary_term(inputs, distance)
+        total = total + self.boundary_weight * boundary_term
         if self.lovasz is not None:
             total = total + self.lovasz_weight * self.lovasz.per_sample_loss(inputs)
         return total
@@ -155,23 +157,29 @@ class ActiveBoundaryLoss(SegmentationLoss):
         with torch.no_grad():
             probs = log_probs.detach().exp()
             index = grid.select(self.predicted_boundary(log_probs.detach(), probs, valid))
-            neighbours = grid.neighbours(index)
+            num_neighbours = grid.offsets.numel()
+            neighbours = grid.neighbours(index).view(-1)
             # Padding and ignored voxels are never the target (infinite distance) and give direction logit 0.
-            distance_rows = grid.rows(distance.masked_fill(~valid, torch.inf), value=torch.inf)[:, 0]
-            own_distance = distance_rows[index]
-            neighbour_distance = distance_rows[neighbours]
+            distance_rows = grid.channels(distance.masked_fill(~valid, torch.inf), value=torch.inf)[0]
+            own_distance = distance_rows.index_select(0, index)
+            neighbour_distance = distance_rows.index_select(0, neighbours).view(-1, num_neighbours)
             closest, target = neighbour_distance.min(dim=1)
             keep = closest < own_distance
-            index, neighbours, target = index[keep], neighbours[keep], target[keep]
-            neighbour_valid = torch.isfinite(neighbour_distance[keep]).to(log_probs.dtype)
+            index, target = index[keep], target[keep]
+            # The input distances are finite (checked above), so only padding and ignored voxels are inf.
+            neighbour_valid = (neighbour_distance[keep] < torch.inf).to(log_probs.dtype)
             weight = own_distance[keep].clamp_max(self.max_distance) / self.max_distance
+            neighbours = grid.neighbours(index).view(-1)
 
             # KL(p_u || p_v) = sum_c p_u log p_u - sum_c p_u log p_v: the first sum is one value per voxel.
-            neighbour_probs = grid.rows(probs)[neighbours]
-            neighbour_entropy = grid.rows((probs * log_probs.detach()).sum(dim=1, keepdim=True))[:, 0][neighbours]
+            # Gathers from channel-first flat tensors (one index per voxel and channel) measured about twice as
+            # fast on CPU as gathering (channels,) rows.
+            neighbour_probs = grid.channels(probs).index_select(1, neighbours).view(probs.shape[1], -1, num_neighbours)
+            entropy = grid.channels((probs * log_probs.detach()).sum(dim=1, keepdim=True))[0]
+            neighbour_entropy = entropy.index_select(0, neighbours).view(-1, num_neighbours)
 
-        centre_log_probs = grid.rows(log_probs)[index]
-        divergence = neighbour_entropy - (neighbour_probs * centre_log_probs.unsqueeze(1)).sum(dim=-1)
+        centre_log_probs = grid.channels(log_probs).index_select(1, index)
+        divergence = neighbour_entropy - (neighbour_probs * centre_log_probs.unsqueeze(2)).sum(dim=0)
         voxel_loss = F.cross_entropy(
             divergence * neighbour_valid, target, label_smoothing=self.label_smoothing, reduction="none"
         )
@@ -197,8 +205,9 @@ class ActiveBoundaryLoss(SegmentationLoss):
             divergence.narrow(dim, 0, length).add_(pair * pair_valid)
 
         boundary = torch.zeros_like(valid)
+        every_voxel = bool(valid.all())
         for sample in range(divergence.shape[0]):
-            values = divergence[sample][valid[sample]]
+            values = divergence[sample].flatten() if every_voxel else divergence[sample][valid[sample]]
             threshold = _threshold_for_budget(values, math.floor(self.max_boundary_ratio * values.numel()))
             boundary[sample] = (divergence[sample] > threshold) & valid[sample]
         return (box_max(boundary.to(log_probs.dtype), 3) > 0)[:, 0] & valid[:, 0]
@@ -212,7 +221,7 @@ def _threshold_for_budget(values: Tensor, budget: int) -> float:
     """
     if values.numel() <= budget:
         return _INITIAL_THRESHOLD
-    cutoff = float(torch.kthvalue(values.double(), values.numel() - budget).values)
+    cutoff = float(torch.kthvalue(values, values.numel() - budget).values)
     if cutoff <= _INITIAL_THRESHOLD:
         return _INITIAL_THRESHOLD
     steps = math.ceil(math.log(cutoff / _INITIAL_THRESHOLD) / math.log(_THRESHOLD_GROWTH))

@@ -131,6 +131,11 @@ class NeighbourGrid:
         """Return the ``(B * padded voxels, K)`` rows of a ``(B, K, *spatial)`` tensor padded with ``value``."""
         return F.pad(values, self.padding, value=value).movedim(1, -1).reshape(-1, values.shape[1])
 
+    def channels(self, values: Tensor, value: float = 0.0) -> Tensor:
+        """Return ``(K, B * padded voxels)``: each channel of a ``(B, K, *spatial)`` tensor, padded with ``value``,
+        as one flat row indexed like :meth:`rows`."""
+        return F.pad(values, self.padding, value=value).movedim(1, 0).reshape(values.shape[1], -1)
+
     def neighbours(self, index: Tensor) -> Tensor:
         """Return the ``(n, N)`` row indices of the neighbours of the voxels at ``index``."""
         return index.unsqueeze(1) + self.offsets
