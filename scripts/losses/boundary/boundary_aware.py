@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ...transforms.boundary import distance_bins
 from ..base import SegmentationInputs, SegmentationLoss
+from ..fused import target_log_softmax
 from ..pixel.cross_entropy import voxel_cross_entropy
 from ..registry import register_loss
 from .auxiliary import check_weights, extra_tensor, pool_batch
@@ -115,7 +116,9 @@ class BoundaryAwareLoss(SegmentationLoss):
         batch_size, channels = bins.shape[:2]
         flat_head = head.reshape(batch_size * channels, self.num_bins, -1)
         flat_bins = bins.reshape(batch_size * channels, -1)
-        voxel_loss = F.cross_entropy(flat_head, flat_bins, reduction="none").view(batch_size, channels, -1)
+        # The fused log-softmax at the target bin: F.cross_entropy over 6 bins of 2 x 3 x 64^3 voxels took about
+        # four times as long on CPU, most of it in its backward.
+        voxel_loss = -target_log_softmax(flat_head, flat_bins).view(batch_size, channels, -1)
         flat_bins = flat_bins.view(batch_size, channels, -1)
 
         # scatter_add accumulates one voxel at a time; float64 keeps a sum over 10^5 voxels exact to float32.
@@ -123,7 +126,7 @@ class BoundaryAwareLoss(SegmentationLoss):
         bin_shape = (batch_size, channels, self.num_bins)
         if inputs.mask is None:
             weighted_loss = voxel_loss.to(accumulate)
-            weight = torch.ones_like(weighted_loss)
+            weight = weighted_loss.new_ones(()).expand_as(weighted_loss)
         else:
             weight = inputs.mask.reshape(batch_size, 1, -1).to(accumulate).expand_as(voxel_loss)
             weighted_loss = voxel_loss.to(accumulate) * weight
