@@ -7,6 +7,7 @@ so a loss overlay only has to change ``loss#name`` and the hyperparameters it se
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +100,8 @@ def build_loss(name: str, **hyperparameters: Any) -> SegmentationLoss:
     This is the entry point of the bundle's configs (``loss: {_target_: scripts.losses.build_loss, name: dice}``).
 
     Raises:
-        ValueError: for an unknown name or a hyperparameter the loss does not take.
+        ValueError: for an unknown name, a hyperparameter the loss does not take, or a value that is not a number
+            where the default is one (``--loss#alpha abc`` on the command line).
     """
     spec = get_loss_spec(name)
     accepted = spec.defaults
@@ -108,7 +110,19 @@ def build_loss(name: str, **hyperparameters: Any) -> SegmentationLoss:
         raise ValueError(
             f"loss {name!r} has no hyperparameter {', '.join(map(repr, unknown))}; it takes: {', '.join(accepted)}."
         )
+    for key, value in hyperparameters.items():
+        default = accepted[key]
+        # None stays allowed: some numeric options take it to switch a term off (focal's alpha).
+        if _is_number(default) and value is not None and not _is_number(value):
+            raise ValueError(
+                f"{key} of loss {name!r} must be a number (default {default}), got {value!r} of type "
+                f"{type(value).__name__}."
+            )
     return spec.loss_class(**hyperparameters)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def describe_loss(loss: SegmentationLoss) -> dict[str, Any]:

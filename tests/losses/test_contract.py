@@ -19,7 +19,7 @@ from loss_cases import (
     perfect_logits,
 )
 
-from scripts.losses import list_losses
+from scripts.losses import build_loss, list_losses
 from scripts.losses.registry import get_loss_spec
 
 NAMES = [spec.name for spec in list_losses()]
@@ -319,3 +319,13 @@ def test_boolean_options_accept_command_line_strings(name):
     assert build(name, batch="false").batch is False
     assert build(name, include_background="False").include_background is False
     assert build(name, batch="true").batch is True
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_text_for_a_numeric_option_names_it(name):
+    # A command-line override such as --loss#alpha abc reaches the loss as a string.
+    numeric = [key for key, value in get_loss_spec(name).defaults.items() if type(value) in (int, float)]
+    if not numeric:
+        pytest.skip(f"{name} has no numeric option")
+    with pytest.raises(ValueError, match=rf"{numeric[0]} of loss '{name}' must be a number .*got 'abc' of type str"):
+        build_loss(name, **{numeric[0]: "abc"})

@@ -305,10 +305,10 @@ def test_rmi_more_than_three_spatial_axes_raises():
     [
         ("radius", 0, "radius must be a positive integer, got 0"),
         ("radius", 2.5, "radius must be a positive integer, got 2.5"),
-        ("pool_size", True, "pool_size must be a positive integer, got True"),
+        ("pool_size", True, "pool_size of loss 'region_mutual_information' must be a number .*got True"),
         ("pool_mode", "median", "pool_mode must be one of .*got 'median'"),
         ("bce_weight", 1.5, r"bce_weight must lie in \[0, 1\], got 1.5"),
-        ("bce_weight", "0.5", "bce_weight must be a real number, got '0.5' of type str"),
+        ("bce_weight", "0.5", "bce_weight of loss .* must be a number .*got '0.5' of type str"),
         ("eps", 0.0, "eps must be a positive finite number, got 0.0"),
         ("eps", float("nan"), "eps must be a positive finite number, got nan"),
     ],

@@ -231,7 +231,7 @@ def test_robust_t_log_precision_scales_the_residuals():
         ("nu_tilde_init", 25.0, r"nu_tilde_init must lie in \[-10.0, 20.0\].*got 25.0"),
         ("nu_tilde_init", float("nan"), r"nu_tilde_init must lie in \[-10.0, 20.0\].*got nan"),
         ("log_precision", float("inf"), "log_precision must be a finite number, got inf"),
-        ("nu_tilde_init", "1.0", "nu_tilde_init must be a real number, got '1.0' of type str"),
+        ("nu_tilde_init", "1.0", "nu_tilde_init of loss 'robust_t' must be a number .*got '1.0' of type str"),
         ("epsilon", -1e-8, "epsilon must be a non-negative finite number, got -1e-08"),
         ("normalize", "sometimes", "normalize must be true or false, got 'sometimes'"),
     ],

@@ -120,10 +120,15 @@ def test_topk_gradient_only_on_selected_voxels():
     assert selected.tolist() == [[False, True], [True, False]]
 
 
-@pytest.mark.parametrize("k", [0, -5, 100.5, float("nan"), float("inf"), "10"])
+@pytest.mark.parametrize("k", [0, -5, 100.5, float("nan"), float("inf")])
 def test_topk_invalid_percentage_raises(k):
     with pytest.raises(ValueError, match=r"k must be a finite number in \(0, 100\]"):
         build_loss("topk", k=k)
+
+
+def test_topk_percentage_as_text_raises():
+    with pytest.raises(ValueError, match=r"k of loss 'topk' must be a number \(default 10.0\), got '10' of type str"):
+        build_loss("topk", k="10")
 
 
 def _plain_top_mean(rows, count):
