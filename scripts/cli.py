@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import difflib
+import inspect
 import logging
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import fire
@@ -57,3 +62,80 @@ def innermost_cause(error: BaseException) -> BaseException:
             return error
         seen.add(id(cause))
         error = cause
+
+
+def check_command_line_settings(argv: Sequence[str] | None = None) -> None:
+    """Reject a ``--name`` on a ``monai.bundle run`` command line that none of its config files defines.
+
+    MONAI adds an unknown override to the config and goes on, so a typo such as ``--max_epoch 3`` (for
+    ``max_epochs``) would train with the default. Only the part of a name before the first ``#`` is checked:
+    ``--loss#alpha`` checks ``loss``, because the loss checks its own options. MONAI's own arguments
+    (``--meta_file``, ``--config_file``, ...) are skipped. Other processes (a study, the tests) call the workflow without such a
+    command line, and then nothing is checked. Neither is a command line that reads its arguments from
+    ``--args_file``.
+
+    Args:
+        argv: the command line; default ``sys.argv``.
+
+    Raises:
+        ValueError: naming each unknown setting, with the closest known names.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or Path(argv[0]).parts[-2:] != ("bundle", "__main__.py") or argv[1] != "run":
+        return
+    options = _command_line_options(argv[2:])
+    if "args_file" in options or "config_file" not in options:
+        return
+    from monai.bundle import ConfigParser
+    from monai.bundle.scripts import run
+
+    config_files = _file_list(options["config_file"])
+    known: set[str] = set()
+    for config_file in config_files:
+        known.update(ConfigParser.load_config_file(config_file))
+    own_arguments = set(inspect.signature(run).parameters) - {"override"}
+    unknown = []
+    for name in options:
+        setting = name.split("#", 1)[0]
+        if name in own_arguments or setting in known or setting.startswith("_meta_"):
+            continue
+        close = difflib.get_close_matches(setting, sorted(known), n=3)
+        hint = f"; did you mean {', '.join('--' + match for match in close)}?" if close else "."
+        unknown.append(f"--{name}{hint}")
+    if unknown:
+        raise ValueError(
+            f"unknown setting on the command line: {' '.join(unknown)} No config file defines it "
+            f"({', '.join(config_files)}); the settings a user tunes are at the top of configs/train.yaml."
+        )
+
+
+def _command_line_options(arguments: Sequence[str]) -> dict[str, str | None]:
+    """Return ``{name: value}`` for the ``--name value`` and ``--name=value`` arguments, in order."""
+    options: dict[str, str | None] = {}
+    index = 0
+    while index < len(arguments):
+        argument = arguments[index]
+        index += 1
+        if not argument.startswith("--"):
+            continue
+        name, separator, value = argument[2:].partition("=")
+        if not separator:
+            value = None
+            if index < len(arguments) and not arguments[index].startswith("--"):
+                value = arguments[index]
+                index += 1
+        options[name] = value
+    return options
+
+
+def _file_list(value: str | None) -> list[str]:
+    """Return the config files of a ``--config_file`` value: one path, or a list written as a Python literal."""
+    if value is None:
+        return []
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return [str(item) for item in ast.literal_eval(text)]
+        except (ValueError, SyntaxError):
+            pass
+    return [text]

@@ -1,10 +1,12 @@
-"""The command-line helpers: the root cause of an uncaught exception is printed last."""
+"""The command-line helpers: the root cause of an uncaught exception printed last, and unknown settings rejected."""
 
 from __future__ import annotations
 
 import sys
 
-from scripts.cli import innermost_cause, show_root_cause_last
+import pytest
+
+from scripts.cli import check_command_line_settings, innermost_cause, show_root_cause_last
 
 
 def chained_error() -> RuntimeError:
@@ -67,3 +69,50 @@ def test_hook_names_a_root_cause_without_message(monkeypatch, capsys):
     sys.excepthook(type(error), error, error.__traceback__)
 
     assert capsys.readouterr().err.splitlines() == ["error: StopIteration"]
+
+
+MONAI_MAIN = "/venv/lib/python3.11/site-packages/monai/bundle/__main__.py"
+
+
+def write_configs(tmp_path):
+    base = tmp_path / "train.yaml"
+    base.write_text("max_epochs: 60\nloss:\n  name: combo\nlearning_rate: 0.002\n")
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("loss_transforms: []\n")
+    return str(base), str(overlay)
+
+
+def test_known_settings_pass(tmp_path):
+    base, overlay = write_configs(tmp_path)
+    argv = [MONAI_MAIN, "run", "--config_file", f"['{base}', '{overlay}']", "--meta_file", "m.json"]
+    argv += ["--max_epochs", "2", "--loss#alpha", "0.3", "--loss_transforms=[]", "--_meta_#version", "1"]
+
+    check_command_line_settings(argv)
+
+
+def test_mistyped_setting_names_the_closest(tmp_path):
+    base, _ = write_configs(tmp_path)
+    argv = [MONAI_MAIN, "run", "--config_file", base, "--max_epoch", "3"]
+
+    with pytest.raises(
+        ValueError, match=r"unknown setting on the command line: --max_epoch; did you mean --max_epochs\?"
+    ):
+        check_command_line_settings(argv)
+
+
+def test_overlay_settings_count_as_known(tmp_path):
+    base, overlay = write_configs(tmp_path)
+    only_base = [MONAI_MAIN, "run", "--config_file", base, "--loss_transforms", "[]"]
+    with_overlay = [MONAI_MAIN, "run", "--config_file", f"['{base}','{overlay}']", "--loss_transforms", "[]"]
+
+    with pytest.raises(ValueError, match="--loss_transforms"):
+        check_command_line_settings(only_base)
+    check_command_line_settings(with_overlay)
+
+
+def test_other_command_lines_are_not_checked(tmp_path):
+    base, _ = write_configs(tmp_path)
+
+    check_command_line_settings(["-m", "pytest", "--max_epoch", "3"])
+    check_command_line_settings([MONAI_MAIN, "verify_net_in_out", "--config_file", base, "--max_epoch", "3"])
+    check_command_line_settings([MONAI_MAIN, "run", "--args_file", "args.json", "--max_epoch", "3"])

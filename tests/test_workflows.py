@@ -371,6 +371,28 @@ def test_missing_dataset_dir_fails_with_download_hint(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: dataset folder ")
 
 
+def test_mistyped_setting_stops_the_run(dataset_dir, tmp_path):
+    result = run_bundle(
+        "--config_file",
+        str(CONFIGS / "train.yaml"),
+        "--meta_file",
+        META,
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(tmp_path / "outputs"),
+        "--max_epoch",
+        "3",
+        cwd=tmp_path,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: unknown setting on the command line: --max_epoch; did you mean --max_epochs?")
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
 def test_invalid_loss_option_is_the_last_line(dataset_dir, tmp_path):
     result = run_bundle(
         "--config_file",
