@@ -70,9 +70,9 @@ def check_command_line_settings(argv: Sequence[str] | None = None) -> None:
     MONAI adds an unknown override to the config and goes on, so a typo such as ``--max_epoch 3`` (for
     ``max_epochs``) would train with the default. Only the part of a name before the first ``#`` is checked:
     ``--loss#alpha`` checks ``loss``, because the loss checks its own options. MONAI's own arguments
-    (``--meta_file``, ``--config_file``, ...) are skipped. Other processes (a study, the tests) call the workflow without such a
-    command line, and then nothing is checked. Neither is a command line that reads its arguments from
-    ``--args_file``.
+    (``--meta_file``, ``--config_file``, ...) are skipped. Other processes (a study, the tests) call the workflow
+    without such a command line, and then nothing is checked. Neither is a command line that reads its arguments
+    from ``--args_file``.
 
     Args:
         argv: the command line; default ``sys.argv``.
