@@ -59,6 +59,7 @@ EXTRA_INPUT_BUILDERS: dict[str, Callable[[Tensor, Tensor], dict[str, Any]]] = {}
 
 DEFAULT_SHAPE_2D = (8, 3, 256, 256)
 DEFAULT_SHAPE_3D = (2, 3, 64, 64, 64)
+DEFAULT_SHAPES = {2: DEFAULT_SHAPE_2D, 3: DEFAULT_SHAPE_3D}
 FLOOR_NAME = "F.cross_entropy (floor)"
 TIMERS = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -195,7 +196,7 @@ def losses(
         torch.set_num_threads(int(threads))
     if isinstance(dims, str):
         dims = [part.strip() for part in dims.split(",") if part.strip()]
-    shapes = {"2d": tuple(shape_2d), "3d": tuple(shape_3d)}
+    shapes = {"2d": _check_shape("shape_2d", shape_2d, 2), "3d": _check_shape("shape_3d", shape_3d, 3)}
     unknown = [dim for dim in dims if dim not in shapes]
     if unknown:
         raise ValueError(f"dims must name 2d and/or 3d, got {unknown}.")
@@ -259,6 +260,22 @@ def run_shape(
     entries += [extra for row in rows for extra in (row.monai, row.monai_ours) if extra is not None]
     time_entries(entries, repeats, warmup, device, TIMERS[timer])
     return rows, skipped, notes
+
+
+def _check_shape(name: str, shape: Any, spatial_dims: int) -> tuple[int, ...]:
+    """Return ``B, C, *spatial`` as a tuple of ints, or raise ``ValueError`` naming the option and the value."""
+    if isinstance(shape, str):
+        shape = [part for part in shape.replace("x", ",").split(",") if part.strip()]
+    try:
+        values = tuple(int(value) for value in shape)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 2 + spatial_dims or min(values) < 1 or values[1] < 2:
+        raise ValueError(
+            f"{name} must give B, C and {spatial_dims} spatial sizes, all positive and C >= 2 (the floor is a softmax "
+            f"cross-entropy), got {shape!r}; for example --{name}={','.join(map(str, DEFAULT_SHAPES[spatial_dims]))}."
+        )
+    return values
 
 
 def random_inputs(shape: tuple[int, ...], device: torch.device, seed: int) -> tuple[Tensor, Tensor]:

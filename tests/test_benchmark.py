@@ -118,6 +118,10 @@ def test_benchmark_cpu_timer(capsys):
         ({"dims": "4d"}, "dims must name 2d and/or 3d"),
         ({"timer": "gpu"}, "timer must be one of"),
         ({"timer": "cpu", "device": "cuda"}, "timer='cpu' measures CPU time"),
+        ({"shape_3d": (2, 3, 32, 32)}, r"shape_3d must give B, C and 3 spatial sizes.*got \(2, 3, 32, 32\)"),
+        ({"shape_2d": (2, 1, 16, 16)}, r"shape_2d must give .*C >= 2.*got \(2, 1, 16, 16\)"),
+        ({"shape_3d": (2, 3, 0, 8, 8)}, r"all positive"),
+        ({"shape_2d": "2,3,a,8"}, r"shape_2d must give"),
     ],
 )
 def test_benchmark_invalid_options_raise(options, message):
