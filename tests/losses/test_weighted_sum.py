@@ -90,6 +90,20 @@ def test_weighted_sum_description_lists_member_weights():
     assert description["loss.losses.boundary.include_background"] is False
 
 
+def test_weighted_sum_description_has_member_defaults_and_first_weights():
+    loss = build_loss("weighted_sum", losses={"dice": 1.0, "hausdorff": {"weight": 0.1}}, include_background=False)
+    loss.set_weight("hausdorff", 0.5)
+
+    description = describe_loss(loss)
+
+    assert description["loss.losses.dice.squared_pred"] is True
+    assert description["loss.losses.dice.include_background"] is False
+    assert description["loss.losses.hausdorff.variant"] == "dt"
+    assert description["loss.losses.hausdorff.alpha"] == 2.0
+    assert description["loss.losses.hausdorff.weight"] == 0.1
+    assert "loss.losses.dice.reduction" not in description
+
+
 @pytest.mark.parametrize(
     ("losses", "message"),
     [

@@ -80,6 +80,7 @@ class WeightedSumLoss(SegmentationLoss):
 
         self.members = nn.ModuleDict()
         self._weights: dict[str, float] = {}
+        self._initial_weights: dict[str, float] = {}
         for name, (weight, hyperparameters) in members.items():
             for option in ("reduction", *_SHARED):
                 if option in hyperparameters:
@@ -90,10 +91,29 @@ class WeightedSumLoss(SegmentationLoss):
             options = {**inherited, **hyperparameters, **shared, "reduction": "none"}
             self.members[name] = build_loss(name, **options)
             self._weights[name] = weight
+            self._initial_weights[name] = weight
 
         names = [input_name for member in self.members.values() for input_name in member.extra_inputs]
         self.extra_inputs = tuple(dict.fromkeys(names))
         self._last_member_losses: dict[str, Tensor] = {}
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The combination's options, and each member's weight at construction and every option it uses.
+
+        A member's options include the defaults it was not given and the ``include_background`` and
+        ``class_weights`` it inherits, so the tracked parameters show the complete setting of each term. Its
+        ``reduction`` is left out: the combination reduces the members' per-sample values with its own.
+        """
+        values = super().hyperparameters
+        values["losses"] = {
+            name: {
+                "weight": self._initial_weights[name],
+                **{key: value for key, value in member.hyperparameters.items() if key != "reduction"},
+            }
+            for name, member in self.members.items()
+        }
+        return values
 
     @property
     def current_weights(self) -> dict[str, float]:
