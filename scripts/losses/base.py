@@ -30,7 +30,8 @@ Shared options:
 * ``reduction``: ``"none"`` returns the per-sample losses, shape ``(B,)``, or shape ``(1,)`` with ``batch=True``.
   ``"mean"`` averages and ``"sum"`` adds those values, so ``sum`` always equals the sum of ``none``.
 
-Numerics follow nnU-Net's habits: every loss runs in float32 with autocast switched off, probabilities in logs
+Numerics follow nnU-Net's habits: every loss runs with autocast switched off, in float32 for float16, bfloat16 and
+float32 logits and in float64 for float64 logits (gradient checks), probabilities in logs
 come from ``log_softmax``/``logsigmoid`` (a confidently wrong voxel keeps its gradient), and the one-hot target is
 built without gradient.
 """
@@ -240,7 +241,7 @@ class SegmentationInputs:
     """Validated logits and target of one loss call, with the derived tensors computed on first use.
 
     Attributes:
-        logits: float32 logits, ``(B, C, *spatial)``.
+        logits: the logits in float32 (float64 logits stay float64), ``(B, C, *spatial)``.
         binary: ``True`` for a single sigmoid channel.
         num_classes: ``C``, or 2 for a sigmoid.
         region_classes: the class indices that region losses average over.
