@@ -9,18 +9,27 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on training servers
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_learning_curves(history: Mapping[str, Sequence[tuple[int, float]]], path: str | Path, title: str = "") -> Path:
     """Plot the training loss and the validation Dice against the epoch and save a PNG.
 
     ``history`` maps metric names to ``(epoch, value)`` pairs, as the tracker records them. The left panel shows
-    ``train_loss``; the right one ``val_mean_dice`` and the per-class ``val_dice.*`` curves.
+    ``train_loss`` and a weighted sum's ``train_loss.<member>`` curves; the right one ``val_mean_dice`` and the
+    per-class ``val_dice.*`` curves. Epoch ticks are whole numbers.
     """
     figure, (loss_axis, dice_axis) = plt.subplots(1, 2, figsize=(11, 4))
     if "train_loss" in history:
         epochs, values = zip(*history["train_loss"])
-        loss_axis.plot(epochs, values, marker=".", label="train loss")
+        loss_axis.plot(epochs, values, marker=".", linewidth=2.5, label="train_loss")
+    # A weighted sum's members, unweighted: they show which term moves when a schedule changes the weights.
+    for name in sorted(history):
+        if name.startswith("train_loss."):
+            epochs, values = zip(*history[name])
+            loss_axis.plot(epochs, values, marker=".", linestyle="--", label=name)
+    if len(loss_axis.lines) > 1:
+        loss_axis.legend(loc="best", fontsize="small")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("loss")
     loss_axis.set_title("training loss")
@@ -39,6 +48,8 @@ def plot_learning_curves(history: Mapping[str, Sequence[tuple[int, float]]], pat
     if dice_axis.lines:
         dice_axis.legend(loc="lower right", fontsize="small")
 
+    for axis in (loss_axis, dice_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         figure.suptitle(title)
     figure.tight_layout()
