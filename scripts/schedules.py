@@ -184,7 +184,7 @@ class EqualContribution:
         weight = weights[self.reference] * reference_mean / balanced_mean
         self.loss.set_weight(self.balanced, weight)
         logger.info(
-            "epoch %d: mean %s %.4g, mean %s %.4g; weight of %s %.4g -> %.4g",
+            "after epoch %d: mean %s %.4g, mean %s %.4g; loss weight %s %.4g -> %.4g from epoch %d",
             engine.state.epoch,
             self.reference,
             reference_mean,
@@ -193,6 +193,7 @@ class EqualContribution:
             self.balanced,
             weights[self.balanced],
             weight,
+            engine.state.epoch + 1,
         )
 
 

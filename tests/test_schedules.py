@@ -150,7 +150,9 @@ def test_equal_contribution_logs_each_change(caplog):
         balanced_training(epochs=2)
 
     assert "epoch 1: mean cross_entropy" in caplog.text
-    assert "weight of dice 1 ->" in caplog.text
+    assert "after epoch 1: mean" in caplog.text
+    assert "loss weight dice 1 ->" in caplog.text
+    assert "from epoch 2" in caplog.text
 
 
 @pytest.mark.parametrize(
