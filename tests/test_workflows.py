@@ -350,50 +350,8 @@ def test_loss_overlay_and_override(dataset_dir, tmp_path):
     assert "Epoch 1/1: mean train_loss" in result.stdout + result.stderr
 
 
-def test_missing_dataset_dir_fails_with_download_hint(tmp_path):
-    result = run_bundle(
-        "--config_file",
-        str(CONFIGS / "train.yaml"),
-        "--meta_file",
-        META,
-        "--dataset_dir",
-        str(tmp_path / "no_such_task"),
-        "--output_dir",
-        str(tmp_path / "outputs"),
-        cwd=tmp_path,
-        check=False,
-    )
-
-    assert result.returncode != 0
-    assert "no_such_task not found" in result.stderr
-    assert "python -m scripts.data download" in result.stderr
-    # The message is also the last line, below MONAI's "Failed to instantiate" wrapper.
-    assert result.stderr.strip().splitlines()[-1].startswith("error: dataset folder ")
-
-
-def test_mistyped_setting_stops_the_run(dataset_dir, tmp_path):
-    result = run_bundle(
-        "--config_file",
-        str(CONFIGS / "train.yaml"),
-        "--meta_file",
-        META,
-        "--dataset_dir",
-        str(dataset_dir),
-        "--output_dir",
-        str(tmp_path / "outputs"),
-        "--max_epoch",
-        "3",
-        cwd=tmp_path,
-        check=False,
-    )
-
-    assert result.returncode != 0
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: unknown setting on the command line: --max_epoch; did you mean --max_epochs?")
-    assert not (tmp_path / "outputs" / "mlflow.db").exists()
-
-
-def test_invalid_loss_option_is_the_last_line(dataset_dir, tmp_path):
+def failed_training(dataset_dir: Path, tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """Run the training config with overrides that must stop it, and check that it failed."""
     result = run_bundle(
         "--config_file",
         str(CONFIGS / "train.yaml"),
@@ -405,16 +363,41 @@ def test_invalid_loss_option_is_the_last_line(dataset_dir, tmp_path):
         str(tmp_path / "outputs"),
         "--ckpt_dir",
         str(tmp_path / "models"),
-        "--loss#alpha",
-        "2",
-        *SMOKE,
+        *overrides,
         cwd=tmp_path,
         check=False,
     )
-
     assert result.returncode != 0
+    return result
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_missing_dataset_dir_fails_with_download_hint(tmp_path):
+    result = failed_training(tmp_path / "no_such_task", tmp_path)
+
+    assert "no_such_task not found" in result.stderr
+    assert "python -m scripts.data download" in result.stderr
+    # The message is also the last line, below MONAI's "Failed to instantiate" wrapper.
+    assert last_line(result).startswith("error: dataset folder ")
+
+
+def test_mistyped_setting_stops_the_run(dataset_dir, tmp_path):
+    result = failed_training(dataset_dir, tmp_path, "--max_epoch", "3")
+
+    assert last_line(result).startswith(
+        "error: unknown setting on the command line: --max_epoch; did you mean --max_epochs?"
+    )
+    assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+def test_invalid_loss_option_is_the_last_line(dataset_dir, tmp_path):
+    result = failed_training(dataset_dir, tmp_path, "--loss#alpha", "2", *SMOKE)
+
     assert "Failed to instantiate component 'scripts.losses.build_loss'" in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "error: alpha must lie in [0, 1], got 2."
+    assert last_line(result) == "error: alpha must lie in [0, 1], got 2."
 
 
 def test_evaluation_names_the_loss_that_trained_the_model(tmp_path, caplog):
