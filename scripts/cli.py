@@ -21,11 +21,54 @@ def run_commands(commands: dict[str, Any]) -> None:
     traceback; any other exception is a bug and keeps its traceback.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Fire reports an option it cannot use only after the command has run, which can take hours for a study.
+    unknown = unknown_option_message(commands, sys.argv[1:])
+    if unknown:
+        print(f"error: {unknown}", file=sys.stderr)
+        sys.exit(2)
     try:
         fire.Fire(commands)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def unknown_option_message(commands: dict[str, Any], arguments: Sequence[str]) -> str | None:
+    """Return an error message for the ``--options`` that the chosen command does not take, or ``None``.
+
+    ``arguments`` is the command line after the program: the command's name, then its arguments. Fire's own
+    flags after a lone ``--``, ``--help``, and the ``--noflag`` form of a boolean option are accepted. A command
+    that takes ``**kwargs``, or a name that is not a command, is left to Fire.
+    """
+    if not arguments or arguments[0] not in commands:
+        return None
+    command = arguments[0]
+    try:
+        parameters = inspect.signature(commands[command]).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return None
+    rest = list(arguments[1:])
+    if "--" in rest:
+        rest = rest[: rest.index("--")]
+    unknown = []
+    for argument in rest:
+        if not argument.startswith("--") or argument == "--":
+            continue
+        option = argument[2:].partition("=")[0].replace("-", "_")
+        negated = option[2:] if option.startswith("no") else None
+        if option == "help" or option in parameters or negated in parameters:
+            continue
+        close = difflib.get_close_matches(option, list(parameters), n=3)
+        hint = f" (did you mean {', '.join('--' + match for match in close)}?)" if close else ""
+        unknown.append(f"--{option}{hint}")
+    if not unknown:
+        return None
+    return (
+        f"{command!r} has no option {'; '.join(unknown)}. Nothing was run; add --help after the command to list "
+        "its options."
+    )
 
 
 def show_root_cause_last() -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 
-from scripts.cli import check_command_line_settings, innermost_cause, show_root_cause_last
+from scripts import BUNDLE_ROOT
+from scripts.cli import check_command_line_settings, innermost_cause, show_root_cause_last, unknown_option_message
 
 
 def chained_error() -> RuntimeError:
@@ -116,3 +118,51 @@ def test_other_command_lines_are_not_checked(tmp_path):
     check_command_line_settings(["-m", "pytest", "--max_epoch", "3"])
     check_command_line_settings([MONAI_MAIN, "verify_net_in_out", "--config_file", base, "--max_epoch", "3"])
     check_command_line_settings([MONAI_MAIN, "run", "--args_file", "args.json", "--max_epoch", "3"])
+
+
+def check(dataset_dir: str = "", num_folds: int = 5, verbose: bool = False) -> None:
+    """A command with three options, as the bundle's command lines define them."""
+
+
+def flexible(**options) -> None:
+    """A command that takes any option."""
+
+
+COMMANDS = {"check": check, "flexible": flexible}
+
+
+def test_known_options_pass():
+    arguments = ["check", "--dataset_dir", "/data", "--num-folds=3", "--noverbose", "--help", "--", "--trace"]
+
+    assert unknown_option_message(COMMANDS, arguments) is None
+
+
+def test_mistyped_option_is_named_before_anything_runs():
+    message = unknown_option_message(COMMANDS, ["check", "--datset_dir", "/data", "--num_fold", "3"])
+
+    assert message.startswith("'check' has no option --datset_dir (did you mean --dataset_dir?)")
+    assert "--num_fold (did you mean --num_folds?)" in message
+    assert "Nothing was run" in message
+
+
+def test_commands_with_any_option_and_unknown_commands_are_left_to_fire():
+    assert unknown_option_message(COMMANDS, ["flexible", "--anything", "1"]) is None
+    assert unknown_option_message(COMMANDS, ["chek", "--datset_dir", "/data"]) is None
+    assert unknown_option_message(COMMANDS, []) is None
+
+
+def test_data_command_rejects_a_mistyped_option(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.data", "check", "--datset_dir", str(tmp_path)],
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: 'check' has no option --datset_dir (did you mean --dataset_dir?)")
+    )
