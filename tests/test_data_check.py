@@ -15,7 +15,7 @@ from training_runs import copy_cases, run_training, sqlite_uri, training_runs
 
 from scripts import BUNDLE_ROOT
 from scripts.data import check as check_module
-from scripts.data import check_dataset, fold_split, load_datalist, prepare_split
+from scripts.data import check_dataset, evaluation_cases, fold_split, load_datalist, prepare_split
 from scripts.files import atomic_write_text
 
 NUM_CASES = 208
@@ -367,3 +367,19 @@ def test_concurrent_writers_keep_a_whole_file(tmp_path):
     assert [writer.exitcode for writer in writers] == [0, 0]
     assert path.read_text() in texts
     assert [item.name for item in tmp_path.iterdir()] == ["data_check_cache.json"]
+
+
+def test_evaluation_checks_only_the_cases_it_evaluates(broken_task, tmp_path):
+    task, broken = broken_task
+    cases = load_datalist(task, check_files=False)
+    broken_ids = {case["case_id"] for case in cases if Path(case["image"]) in broken.values()}
+    broken_ids |= {case["case_id"] for case in cases if Path(case["label"]) in broken.values()}
+    intact = [case for case in cases if case["case_id"] not in broken_ids]
+    truncated = [case for case in cases if Path(case["image"]) == broken["truncated_image"]]
+
+    assert evaluation_cases(task, intact, output_dir=tmp_path) == intact
+    with pytest.raises(ValueError, match="problems in the cases to evaluate") as raised:
+        evaluation_cases(task, intact + truncated, output_dir=tmp_path)
+    assert str(broken["truncated_image"]) in str(raised.value)
+    assert evaluation_cases(task, intact + truncated, skip_broken_cases="true") == intact
+    assert evaluation_cases(task, truncated, check_data="false") == truncated

@@ -2,11 +2,12 @@
 
 from .check import DataCheckReport, check_dataset
 from .datalist import inference_datalist, label_names, load_datalist, read_dataset_json
-from .split import fold_split, prepare_split
+from .split import evaluation_cases, fold_split, prepare_split
 
 __all__ = [
     "DataCheckReport",
     "check_dataset",
+    "evaluation_cases",
     "fold_split",
     "inference_datalist",
     "label_names",

@@ -14,8 +14,8 @@ DATASET_JSON = "dataset.json"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
-def read_dataset_json(dataset_dir: str | Path) -> dict[str, Any]:
-    """Return the parsed ``dataset.json`` of a task folder.
+def read_dataset_json(dataset_dir: str | Path, option: str = "--dataset_dir") -> dict[str, Any]:
+    """Return the parsed ``dataset.json`` of a task folder; ``option`` is the setting that gave the folder.
 
     Raises:
         FileNotFoundError: when the folder or its ``dataset.json`` does not exist; the message says how to get the
@@ -32,14 +32,14 @@ def read_dataset_json(dataset_dir: str | Path) -> dict[str, Any]:
                 listing = ", ".join(siblings[:8]) + (", ..." if len(siblings) > 8 else "")
                 nearby = f" {folder.parent} contains: {listing}."
         raise FileNotFoundError(
-            f"dataset folder {folder} not found.{nearby} Check --dataset_dir, or download the task there with "
+            f"dataset folder {folder} not found.{nearby} Check {option}, or download the task there with "
             f"`python -m scripts.data download --dataset_dir {folder}`."
         )
     path = folder / DATASET_JSON
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: a Decathlon task folder contains dataset.json listing its cases. Pass the task's "
-            "top folder (the one with dataset.json) as --dataset_dir."
+            f"top folder (the one with dataset.json) as {option}."
         )
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
@@ -69,19 +69,22 @@ def label_names(dataset_dir: str | Path) -> list[str]:
     return [str(labels[str(value)]) for value in values]
 
 
-def load_datalist(dataset_dir: str | Path, check_files: bool = True) -> list[dict[str, str]]:
+def load_datalist(
+    dataset_dir: str | Path, check_files: bool = True, option: str = "--dataset_dir"
+) -> list[dict[str, str]]:
     """Return the training cases as ``{"case_id", "image", "label"}`` dicts with absolute paths.
 
     Args:
         dataset_dir: the task folder containing ``dataset.json``.
         check_files: raise when a listed image or label file does not exist.
+        option: the setting that gave ``dataset_dir``, named in the error messages.
 
     Raises:
         FileNotFoundError: for a missing folder, ``dataset.json`` or (with ``check_files``) a listed file.
         ValueError: for a malformed entry or a case id listed twice.
     """
     folder = Path(dataset_dir).expanduser().resolve()
-    content = read_dataset_json(folder)
+    content = read_dataset_json(folder, option)
     cases = []
     seen: dict[str, int] = {}
     for index, entry in enumerate(content["training"]):

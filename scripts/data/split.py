@@ -153,3 +153,50 @@ def _check_split(
                 f"Fix or replace the files named below, or use another dataset_dir.\n{report.text(hint=False)}"
             )
     return {**kept, "skipped": skipped, "data_problems": [str(problem) for problem in report.problems]}
+
+
+def evaluation_cases(
+    dataset_dir: str | Path,
+    cases: list[dict[str, Any]],
+    check_data: bool = True,
+    skip_broken_cases: bool = False,
+    output_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Return the cases to evaluate after checking them.
+
+    Evaluation checks only the cases it evaluates (the validation fold, or every case of another task folder), so a
+    broken training case does not stop it.
+
+    Args:
+        dataset_dir: the Decathlon task folder the cases come from.
+        cases: the cases, as :func:`scripts.data.load_datalist` returns them.
+        check_data: ``False`` returns the cases unchecked.
+        skip_broken_cases: drop the broken cases, with a warning that lists them, instead of raising.
+        output_dir: where the check's cache (``data_check_cache.json``) is kept; ``None`` keeps none.
+
+    Raises:
+        ValueError: with the check's report when a case to evaluate is broken and ``skip_broken_cases`` is not
+            set, or when no case is left. Problems outside those cases are logged as a warning only.
+    """
+    if not as_bool("check_data", check_data):
+        return cases
+    cache = Path(output_dir) / "data_check_cache.json" if output_dir is not None else None
+    report = check_dataset(dataset_dir, case_ids=[case["case_id"] for case in cases], cache_path=cache)
+    broken = set(report.broken_cases)
+    if not broken:
+        # Files outside the listed cases (an image without its label) do not affect the evaluated cases.
+        if report.ok:
+            logger.info(report.summary())
+        else:
+            logger.warning("The dataset check found problems outside the cases to evaluate:\n%s", report.text())
+        return cases
+    if not as_bool("skip_broken_cases", skip_broken_cases):
+        raise ValueError(
+            f"the dataset check found problems in the cases to evaluate; restore them, or set skip_broken_cases "
+            f"to true to evaluate the others.\n{report.text()}"
+        )
+    intact = [case for case in cases if case["case_id"] not in broken]
+    logger.warning("Evaluating without the broken cases %s.\n%s", ", ".join(sorted(broken)), report.text())
+    if not intact:
+        raise ValueError(f"every case to evaluate is broken.\n{report.text()}")
+    return intact
