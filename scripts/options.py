@@ -1,4 +1,4 @@
-"""Values of command-line and config options that need more than Python's casts."""
+"""Values of command-line and config options that need more than Python's casts, and counts in messages."""
 
 from __future__ import annotations
 
@@ -20,3 +20,8 @@ def as_bool(name: str, value: Any) -> bool:
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def count(number: int, noun: str, plural: str | None = None) -> str:
+    """Return ``1 epoch``, ``2 epochs``: the number with the noun in singular or plural (default ``noun + "s"``)."""
+    return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"

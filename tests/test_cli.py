@@ -9,6 +9,7 @@ import pytest
 
 from scripts import BUNDLE_ROOT
 from scripts.cli import check_command_line_settings, innermost_cause, show_root_cause_last, unknown_option_message
+from scripts.options import count
 
 
 def chained_error() -> RuntimeError:
@@ -166,3 +167,10 @@ def test_data_command_rejects_a_mistyped_option(tmp_path):
         .splitlines()[-1]
         .startswith("error: 'check' has no option --datset_dir (did you mean --dataset_dir?)")
     )
+
+
+def test_count_uses_singular_and_plural():
+    assert count(1, "problem") == "1 problem"
+    assert count(2, "problem") == "2 problems"
+    assert count(1, "loss", "losses") == "1 loss"
+    assert count(3, "loss", "losses") == "3 losses"

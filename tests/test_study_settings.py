@@ -69,14 +69,16 @@ def test_grid_order_ignores_option_order(task_dir):
     assert first[0] == RunSpec("cross_entropy", 0, 0)
 
 
-def test_quick_preset_defaults(task_dir):
-    study = settings(task_dir)
+def test_quick_preset_defaults(task_dir, caplog):
+    with caplog.at_level("INFO", logger="scripts.study.settings"):
+        study = settings(task_dir)
 
     assert study.seeds == PRESETS["quick"].seeds
     assert study.folds == PRESETS["quick"].folds
     assert study.max_epochs == PRESETS["quick"].max_epochs
     assert study.val_interval == PRESETS["quick"].val_interval
     assert study.reference == "dice"  # the first loss named, since combo is not in the study
+    assert "The reference loss is dice, the first of the losses, because combo is not among them." in caplog.text
 
 
 def test_full_preset_uses_config_epochs(task_dir):

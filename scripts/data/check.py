@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..files import atomic_write_text
+from ..options import count
 from .datalist import DATASET_JSON, IMAGE_SUFFIXES, case_id_from_path, read_dataset_json
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -78,7 +79,7 @@ class DataCheckReport:
         if self.ok:
             return f"data check of {self.dataset_dir}: {self.num_cases} cases, no problems ({self.seconds:.1f} s)."
         unpaired = sum(1 for problem in self.problems if problem.case_id is None)
-        parts = [f"{len(self.problems)} problems", f"{len(self.broken_cases)} of {self.num_cases} cases broken"]
+        parts = [count(len(self.problems), "problem"), f"{len(self.broken_cases)} of {self.num_cases} cases broken"]
         if unpaired:
             parts.append(f"{unpaired} outside the listed cases")
         return f"data check of {self.dataset_dir}: {', '.join(parts)} ({self.seconds:.1f} s)."

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
-from ..options import as_bool
+from ..options import as_bool, count
 from .check import check_dataset
 from .datalist import load_datalist, read_dataset_json
 
@@ -141,8 +141,8 @@ def _check_split(
     ]
     kept = {key: [case for case in split[key] if case["case_id"] not in broken] for key in ("training", "validation")}
     logger.warning(
-        "skip_broken_cases is set: training without %d broken cases (%s). Every problem found:\n%s",
-        len(skipped),
+        "skip_broken_cases is set: training without %s (%s). Every problem found:\n%s",
+        count(len(skipped), "broken case"),
         ", ".join(case["case_id"] for case in skipped) or "none",
         report.text(),
     )

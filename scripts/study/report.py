@@ -23,6 +23,7 @@ import yaml
 
 from ..losses import FAMILIES
 from ..metrics import CASE_METRICS
+from ..options import count
 from ..tracking import git_commit
 from .plots import plot_boxes, plot_curves
 from .settings import PRESETS, TRAIN_CONFIG, RunSpec, StudySettings
@@ -217,8 +218,9 @@ def _markdown(
         f"- Hardware: {'; '.join(sorted(results.hardware)) or 'no finished run'}. Report host: {platform.node()}.",
         f"- Study `{settings.study_name}`, preset `{settings.preset}` ({PRESETS[settings.preset].description}); "
         "options on the command line replace the preset's values, and the lines below give the values used.",
-        f"- Grid: {len(settings.losses)} losses x seeds {list(settings.seeds)} x folds {list(settings.folds)} of "
-        f"{settings.num_folds} = {runs} runs: {len(results.complete)} finished, {len(results.failed)} failed, "
+        f"- Grid: {count(len(settings.losses), 'loss', 'losses')} x seeds {list(settings.seeds)} x folds "
+        f"{list(settings.folds)} of {settings.num_folds} = {count(runs, 'run')}: {len(results.complete)} finished, "
+        f"{len(results.failed)} failed, "
         f"{len(results.pending)} not run yet.",
         "- Training: the bundle's `configs/train.yaml` with each loss's overlay, "
         f"{count(settings.max_epochs, 'epoch')}, validation every {count(settings.val_interval, 'epoch')}, "
@@ -387,11 +389,6 @@ def _per_class_table(results: StudyResults, losses: Sequence[str]) -> list[str]:
 def _short(commit: str) -> str:
     """Shorten a commit hash to 12 digits, keeping a ``-dirty`` suffix."""
     return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
-
-
-def count(number: int, noun: str) -> str:
-    """Return ``1 epoch``, ``2 epochs``: the number with the noun in singular or plural."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _cell(summary: MetricSummary) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ import yaml
 from .. import BUNDLE_ROOT
 from ..data import read_dataset_json
 from ..losses import get_loss_spec, list_losses
+
+logger = logging.getLogger(__name__)
 
 CONFIGS = Path(BUNDLE_ROOT) / "configs"
 TRAIN_CONFIG = CONFIGS / "train.yaml"
@@ -168,6 +171,12 @@ class StudySettings:
             _check_overlay(overlay_folder, name)
         if reference is None:
             reference = DEFAULT_REFERENCE if DEFAULT_REFERENCE in names else names[0]
+            if reference != DEFAULT_REFERENCE:
+                logger.info(
+                    "The reference loss is %s, the first of the losses, because %s is not among them.",
+                    reference,
+                    DEFAULT_REFERENCE,
+                )
         elif reference not in names:
             raise ValueError(
                 f"reference loss {reference!r} is not among the study's losses ({', '.join(names)}); "

@@ -13,9 +13,9 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from .. import BUNDLE_ROOT
+from ..options import count as plural
 from ..tracking import sqlite_tracking_uri
 from .report import collect, write_report
-from .report import count as plural
 from .runner import StudyRunner
 from .settings import DEFAULT_OVERLAY_DIR, DEFAULT_REFERENCE, PRESETS, StudySettings, parse_shard
 from .store import StudyStore, check_tracking_uri
@@ -68,7 +68,8 @@ def run(
             database in output_dir.
         shard: i/n runs every n-th run of the sorted grid from the i-th (0/1: all), so n machines can share a study.
         study_name: name of the study in MLflow; default: the preset's name.
-        reference: the loss every other loss is tested against; default: combo (the config's default loss).
+        reference: the loss every other loss is tested against; default: combo (the config's default loss), or
+            the first of ``losses`` when combo is not among them.
         retry_failed: also run again the runs recorded as failed.
         report_dir: folder for results.md and results/; default: output_dir/report.
         num_folds: number of cross-validation folds of the split.
