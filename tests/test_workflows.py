@@ -280,6 +280,32 @@ def test_inference_without_images_names_the_folder(trained, tmp_path):
     assert "input folder" in result.stderr and "not found" in result.stderr
 
 
+def test_inference_names_an_unreadable_image(trained, dataset_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    truncated = images / "hippocampus_001.nii.gz"
+    content = (dataset_dir / "images" / "hippocampus_001.nii.gz").read_bytes()
+    truncated.write_bytes(content[: len(content) // 2])
+
+    result = run_bundle(
+        "--config_file",
+        str(CONFIGS / "inference.yaml"),
+        "--meta_file",
+        META,
+        "--input_dir",
+        str(images),
+        "--output_dir",
+        str(tmp_path / "predictions"),
+        "--ckpt_path",
+        str(trained / "models" / "model.pt"),
+        cwd=tmp_path,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert last_line(result).startswith(f"error: cannot read {truncated}: ")
+
+
 def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
     run_bundle(
         "network_def",

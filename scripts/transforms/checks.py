@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform
+from monai.transforms import LoadImaged, MapTransform
 
 
 class CheckImageLabelPaird(MapTransform):
@@ -53,3 +53,22 @@ class CheckImageLabelPaird(MapTransform):
 def _filename(image: Any) -> str:
     meta = getattr(image, "meta", {}) or {}
     return str(meta.get("filename_or_obj", "<in memory>"))
+
+
+class LoadImageNamingFilesd(LoadImaged):
+    """MONAI's ``LoadImaged`` that names the file in the error when a file cannot be read.
+
+    A truncated or corrupt image otherwise stops inference with the reader's own message (for example
+    ``Compressed file ended before the end-of-stream marker was reached``) and no file name. The new error replaces
+    the reader's (``from None``), so that it is also the last line of a bundle run. It keeps the reader's message.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], reader: Any = None) -> dict[Hashable, Any]:
+        try:
+            return super().__call__(data, reader)
+        except Exception as error:
+            files = ", ".join(str(data[key]) for key in self.keys if key in data)
+            raise ValueError(
+                f"cannot read {files}: {type(error).__name__}: {error}. Check the file with `python -m scripts.data "
+                "check` (for a task folder) or replace it."
+            ) from None
