@@ -225,6 +225,27 @@ def test_evaluate_without_checkpoint_says_train_first(dataset_dir, tmp_path):
     assert "model.pt not found. Train first" in result.stderr
 
 
+def run_inference(
+    trained: Path, input_dir: Path, tmp_path: Path, *overrides: str, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run the inference config with the trained model on ``input_dir``, writing to ``tmp_path/predictions``."""
+    return run_bundle(
+        "--config_file",
+        str(CONFIGS / "inference.yaml"),
+        "--meta_file",
+        META,
+        "--input_dir",
+        str(input_dir),
+        "--output_dir",
+        str(tmp_path / "predictions"),
+        "--ckpt_path",
+        str(trained / "models" / "model.pt"),
+        *overrides,
+        cwd=tmp_path,
+        check=check,
+    )
+
+
 def test_inference_keeps_input_geometry(trained, dataset_dir, tmp_path):
     # A real image re-saved with an oblique, anisotropic, LPS-like affine, so resampling and reorientation must be
     # undone.
@@ -239,21 +260,7 @@ def test_inference_keeps_input_geometry(trained, dataset_dir, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(source.dataobj), affine), inputs / "case_a.nii.gz")
     nib.save(source, inputs / "case_b.nii.gz")
 
-    run_bundle(
-        "--config_file",
-        str(CONFIGS / "inference.yaml"),
-        "--meta_file",
-        META,
-        "--input_dir",
-        str(inputs),
-        "--output_dir",
-        str(tmp_path / "predictions"),
-        "--ckpt_path",
-        str(trained / "models" / "model.pt"),
-        "--patch_size",
-        "[24, 32, 24]",
-        cwd=tmp_path,
-    )
+    run_inference(trained, inputs, tmp_path, "--patch_size", "[24, 32, 24]")
 
     for name, original in (("case_a", nib.load(inputs / "case_a.nii.gz")), ("case_b", source)):
         prediction = nib.load(tmp_path / "predictions" / f"{name}_seg.nii.gz")
@@ -263,18 +270,7 @@ def test_inference_keeps_input_geometry(trained, dataset_dir, tmp_path):
 
 
 def test_inference_without_images_names_the_folder(trained, tmp_path):
-    result = run_bundle(
-        "--config_file",
-        str(CONFIGS / "inference.yaml"),
-        "--meta_file",
-        META,
-        "--input_dir",
-        str(tmp_path / "empty"),
-        "--ckpt_path",
-        str(trained / "models" / "model.pt"),
-        cwd=tmp_path,
-        check=False,
-    )
+    result = run_inference(trained, tmp_path / "empty", tmp_path, check=False)
 
     assert result.returncode != 0
     assert "input folder" in result.stderr and "not found" in result.stderr
@@ -287,20 +283,7 @@ def test_inference_names_an_unreadable_image(trained, dataset_dir, tmp_path):
     content = (dataset_dir / "images" / "hippocampus_001.nii.gz").read_bytes()
     truncated.write_bytes(content[: len(content) // 2])
 
-    result = run_bundle(
-        "--config_file",
-        str(CONFIGS / "inference.yaml"),
-        "--meta_file",
-        META,
-        "--input_dir",
-        str(images),
-        "--output_dir",
-        str(tmp_path / "predictions"),
-        "--ckpt_path",
-        str(trained / "models" / "model.pt"),
-        cwd=tmp_path,
-        check=False,
-    )
+    result = run_inference(trained, images, tmp_path, check=False)
 
     assert result.returncode != 0
     assert last_line(result).startswith(f"error: cannot read {truncated}: ")

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..files import atomic_write_text
 from ..options import as_bool, count
-from .check import check_dataset
+from .check import DataCheckReport, check_dataset
 from .datalist import load_datalist, read_dataset_json
 
 logger = logging.getLogger(__name__)
@@ -120,8 +120,7 @@ def _check_split(
     dataset_dir: str | Path, split: dict[str, Any], output_dir: str | Path | None, skip_broken_cases: bool
 ) -> dict[str, Any]:
     case_ids = [case["case_id"] for key in ("training", "validation") for case in split[key]]
-    cache = Path(output_dir) / "data_check_cache.json" if output_dir is not None else None
-    report = check_dataset(dataset_dir, case_ids=case_ids, cache_path=cache)
+    report = _check_cases(dataset_dir, case_ids, output_dir)
     if report.ok:
         logger.info(report.summary())
         return split
@@ -180,8 +179,7 @@ def evaluation_cases(
     """
     if not as_bool("check_data", check_data):
         return cases
-    cache = Path(output_dir) / "data_check_cache.json" if output_dir is not None else None
-    report = check_dataset(dataset_dir, case_ids=[case["case_id"] for case in cases], cache_path=cache)
+    report = _check_cases(dataset_dir, [case["case_id"] for case in cases], output_dir)
     broken = set(report.broken_cases)
     if not broken:
         # Files outside the listed cases (an image without its label) do not affect the evaluated cases.
@@ -200,3 +198,9 @@ def evaluation_cases(
     if not intact:
         raise ValueError(f"every case to evaluate is broken.\n{report.text()}")
     return intact
+
+
+def _check_cases(dataset_dir: str | Path, case_ids: list[str], output_dir: str | Path | None) -> DataCheckReport:
+    """Check the cases, with the check's cache in ``output_dir/data_check_cache.json`` (none without a folder)."""
+    cache = Path(output_dir) / "data_check_cache.json" if output_dir is not None else None
+    return check_dataset(dataset_dir, case_ids=case_ids, cache_path=cache)
