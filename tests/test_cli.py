@@ -146,7 +146,7 @@ def test_mistyped_option_is_named_before_anything_runs():
     assert "Nothing was run" in message
 
 
-def test_commands_with_any_option_and_unknown_commands_are_left_to_fire():
+def test_other_command_lines_left_to_fire():
     assert unknown_option_message(COMMANDS, ["flexible", "--anything", "1"]) is None
     assert unknown_option_message(COMMANDS, ["chek", "--datset_dir", "/data"]) is None
     assert unknown_option_message(COMMANDS, []) is None

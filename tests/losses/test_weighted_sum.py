@@ -90,7 +90,7 @@ def test_weighted_sum_description_lists_member_weights():
     assert description["loss.losses.boundary.include_background"] is False
 
 
-def test_weighted_sum_description_has_member_defaults_and_first_weights():
+def test_weighted_sum_description_member_defaults():
     loss = build_loss("weighted_sum", losses={"dice": 1.0, "hausdorff": {"weight": 0.1}}, include_background=False)
     loss.set_weight("hausdorff", 0.5)
 

@@ -179,9 +179,9 @@ def lovasz_grad(target_sorted: Tensor, negate_target: bool = False, positions: T
     return numerator / (union[:, :-1] * union[:, 1:])
 
 
-# Measured with torch 2.13 on one thread of this project's 2-core machine: torch.sort of a 1D int32 tensor takes
-# about 7 ns per element from 2^15 to 2^18 elements, twice that from 2^21, and three to six times that below 2^15.
-# Rows therefore go through the whole computation in chunks of about 2^17 voxels, which also stay in the cache.
+# torch.sort of a 1D int32 tensor took about 7 ns per element from 2^15 to 2^18 elements, twice that from 2^21,
+# and three to six times that below 2^15 (torch 2.13, one thread of this project's 2-core machine). So rows go
+# through the whole computation in chunks of about 2^17 voxels, which also stay in the cache.
 _CHUNK_ELEMENTS = 2**17
 
 
