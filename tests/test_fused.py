@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from scripts.losses import build_loss
-from scripts.losses.fused import VALUES, WEIGHTS, softmax_class_sums, target_log_softmax
+from scripts.losses.fused import (
+    VALUES,
+    WEIGHTS,
+    focal_cross_entropy_sum,
+    powered_cross_entropy_sum,
+    softmax_class_sums,
+    target_log_softmax,
+)
+from scripts.losses.powers import bounded_power
 
 ALL_TERMS = list(itertools.product(WEIGHTS, VALUES))
 
@@ -260,3 +268,48 @@ def test_target_log_softmax_gradcheck():
     logits, labels, _, _ = inputs((2, 3, 4, 3))
     logits.requires_grad_()
     assert torch.autograd.gradcheck(lambda x: target_log_softmax(x, labels), (logits,), eps=1e-6, atol=1e-6)
+
+
+def per_voxel_inputs(seed=0):
+    """Target log-probabilities spread from certain to hopeless voxels, and voxel weights with zeros."""
+    generator = torch.Generator().manual_seed(seed)
+    log_probs = -torch.rand(2, 4, 5, generator=generator, dtype=torch.float64) * 6.0
+    # Bases below the power's linear threshold, in both the power of -log p and the focal factor 1 - p.
+    log_probs[0, 0, :3] = torch.tensor([0.0, -3e-7, -5e-8], dtype=torch.float64)
+    weights = torch.rand(2, 4, 5, generator=generator, dtype=torch.float64)
+    weights[1, 2] = 0.0
+    return log_probs, weights
+
+
+def powered_reference(log_probs, weights, exponent):
+    return (bounded_power(-log_probs, exponent) * weights).flatten(start_dim=1).sum(dim=1)
+
+
+def focal_reference(log_probs, weights, gamma):
+    modulation = bounded_power(1.0 - log_probs.exp(), gamma)
+    return -(modulation * log_probs * weights).flatten(start_dim=1).sum(dim=1)
+
+
+PER_VOXEL_CASES = [(powered_cross_entropy_sum, powered_reference, e) for e in (0.3, 0.75, 1.0, 2.0)] + [
+    (focal_cross_entropy_sum, focal_reference, gamma) for gamma in (0.0, 0.5, 0.8, 1.0, 2.0)
+]
+
+
+@pytest.mark.parametrize(
+    "fused, reference, exponent", PER_VOXEL_CASES, ids=[f"{f.__name__}-{e}" for f, _, e in PER_VOXEL_CASES]
+)
+def test_per_voxel_sum_matches_autograd(fused, reference, exponent):
+    log_probs, weights = per_voxel_inputs()
+    log_probs.requires_grad_(True)
+    value = fused(log_probs, weights, exponent)
+    expected = reference(log_probs, weights, exponent)
+    torch.testing.assert_close(value, expected)
+
+    upstream = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    (grad,) = torch.autograd.grad(value, log_probs, upstream)
+    (expected_grad,) = torch.autograd.grad(expected, log_probs, upstream)
+    torch.testing.assert_close(grad, expected_grad)
+
+    # Away from the kink at the threshold, the slope is the finite-difference one.
+    smooth = -(torch.rand(2, 3, 4, dtype=torch.float64) * 3.0 + 0.1)
+    assert torch.autograd.gradcheck(lambda x: fused(x, weights[:, :3, :4], exponent), (smooth.requires_grad_(True),))

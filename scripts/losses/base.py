@@ -466,6 +466,16 @@ class SegmentationInputs:
             sums = sum_across_ranks(sums.sum(dim=1, keepdim=True))
         return sums
 
+    def softmax_sums_and_target_log_probs(self, terms: Sequence[tuple[str, str]]) -> tuple[Tensor, Tensor]:
+        """Return the per-sample :meth:`softmax_sums` and :attr:`target_log_probs` from one fused softmax pass.
+
+        For a softmax (``C >= 2``) with an index target. The target log-probabilities carry the value of class 0
+        without gradient at ignored voxels, so the caller must leave those out.
+        """
+        if self._labels is None or self.binary:
+            raise ValueError("softmax_sums_and_target_log_probs needs a softmax over C >= 2 and an index target.")
+        return softmax_class_sums(self.logits, self.target, self._mask, terms, self._labels)
+
     def intersection_sums(self, values: Tensor) -> Tensor:
         """Return ``sum_n t_nc v_nc`` per class for ``(B, K, *spatial)`` values, the intersection for ``v = p``.
 
@@ -596,50 +606,6 @@ def log1mexp(log_p: Tensor) -> Tensor:
     log(1 - exp(-|a|))") is more accurate for ``p`` near 0, by an absolute error below 1e-7, at twice the cost.
     """
     return torch.log((-torch.expm1(log_p.clamp_max(0.0))).clamp_min(torch.finfo(log_p.dtype).tiny))
-
-
-# Bases below this value make bounded_power() linear. Float32 resolves 1 - x only to about 1e-7 near x = 1, so
-# smaller bases of "1 - index" or "-log(p)" are mostly rounding error and would only feed the steep slope.
-POWER_LINEAR_BELOW = 1e-6
-
-
-def bounded_power(base: Tensor, exponent: float) -> Tensor:
-    """Compute ``base ** exponent`` for ``base >= 0`` with a bounded gradient when ``exponent < 1``.
-
-    The slope ``exponent * x ** (exponent - 1)`` of a power below one is unbounded at ``x = 0``, which a perfectly
-    segmented class (``1 - TI = 0``) or a certain voxel (``1 - p = 0``) reaches, and autograd then returns inf or
-    NaN. Below ``POWER_LINEAR_BELOW`` the power is replaced by the chord ``x * POWER_LINEAR_BELOW ** (exponent - 1)``:
-    equal at the threshold, zero at zero and with a finite slope. Negative bases, which only rounding produces
-    (an index a hair above one), count as zero.
-    """
-    base = base.clamp_min(0.0)
-    if exponent == 0.0:
-        return torch.ones_like(base)
-    if exponent >= 1.0:
-        return base.pow(exponent)
-    return _BoundedPower.apply(base, float(exponent))
-
-
-class _BoundedPower(torch.autograd.Function):
-    """``x * max(x, t) ** (e - 1)`` with the analytic slope: ``e * x ** (e - 1)`` above ``t``, ``t ** (e - 1)`` below.
-
-    Autograd would differentiate the power with a second ``pow`` over the whole tensor, whereas this slope reuses
-    the forward's ``max(x, t) ** (e - 1)``. Only first derivatives are supported.
-    """
-
-    @staticmethod
-    def forward(ctx, base: Tensor, exponent: float) -> Tensor:
-        ratio = base.clamp_min(POWER_LINEAR_BELOW).pow(exponent - 1.0)
-        ctx.save_for_backward(base, ratio)
-        ctx.exponent = exponent
-        return base * ratio
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        base, ratio = ctx.saved_tensors
-        slope = torch.where(base >= POWER_LINEAR_BELOW, ratio * ctx.exponent, ratio)
-        return grad * slope, None
 
 
 def _plain_tensor(value: Tensor) -> Tensor:

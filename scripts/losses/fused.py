@@ -18,6 +18,11 @@ where ``a``, ``b``, ``e`` and ``d`` collect the incoming gradients of the sums o
 The result equals the autograd computation to rounding, and ``tests/test_fused.py`` checks both the values and the
 gradient (``gradcheck`` in float64). Only the softmax case is fused. A sigmoid (one channel) keeps the autograd
 path of :class:`~scripts.losses.base.SegmentationInputs`.
+
+The per-voxel terms of the combination losses, a power of the cross-entropy (:func:`powered_cross_entropy_sum`) and
+the focal cross-entropy (:func:`focal_cross_entropy_sum`), are summed the same way: the forward keeps the pieces of
+the power that the slope needs, and the backward is a few elementwise passes over the voxels. Through autograd each
+clamp, power and product records a node whose backward is one or two more passes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from .powers import bounded_power, power_and_ratio, power_slope
 
 # The values that can be summed over the voxels of each class, and their weights. The "target" weight is the one-hot
 # or soft target (zero at ignored voxels), and "mask" is one at every voxel in the loss.
@@ -151,30 +158,30 @@ class _SoftmaxClassSums(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_sums: Tensor | None, grad_target_log_probs: Tensor | None):
         target, mask, probs = ctx.saved_tensors
-        # The incoming gradient of each sum, per weight and value, shaped to broadcast over the voxels.
-        coefficients: dict[str, dict[str, Tensor]] = {"target": {}, "mask": {}}
+        # The incoming gradient of each sum, per weight, shaped to broadcast over the voxels, with its value.
+        coefficients: dict[str, list[tuple[str, Tensor]]] = {"target": [], "mask": []}
         if grad_sums is not None:
             broadcast = (*grad_sums.shape[1:], *(1,) * (probs.ndim - 2))
             for (weight, value), grad in zip(ctx.terms, grad_sums, strict=True):
-                by_value = coefficients[weight]
                 grad = grad.reshape(broadcast)
                 if value == "log_1mp":
                     # The factor below is p / (1 - p), so the minus sign of d log(1 - p) / d log p goes here.
                     grad = -grad
-                by_value[value] = by_value[value] + grad if value in by_value else grad
+                elif value == "p_squared":
+                    # The factor below is p^2, so the 2 of d p^2 / d log p = 2 p^2 goes here.
+                    grad = grad * 2.0
+                coefficients[weight].append((value, grad))
         if grad_target_log_probs is not None:
             # The target log-probability is the target-weighted log p, so its gradient is a per-voxel coefficient.
-            grad = grad_target_log_probs.unsqueeze(1)
-            by_value = coefficients["target"]
-            by_value["log_p"] = by_value["log_p"] + grad if "log_p" in by_value else grad
+            coefficients["target"].append(("log_p", grad_target_log_probs.unsqueeze(1)))
 
         # d value / d log p is 1 for log p, p for p, 2 p^2 for p^2 and -p / (1 - p) for log(1 - p). The last
         # factor is stored as p / (1 - p) because its coefficient carries the sign. It is zero where 1 - p was
         # clamped: p / 0 gives inf there, which is set to 0.
         factors: dict[str, Tensor | None] = {"log_p": None, "p": probs}
-        needed = set(coefficients["target"]) | set(coefficients["mask"])
+        needed = {value for by_weight in coefficients.values() for value, _ in by_weight}
         if "p_squared" in needed:
-            factors["p_squared"] = probs * probs * 2.0
+            factors["p_squared"] = probs * probs
         if "log_1mp" in needed:
             ratio = torch.rsub(probs, 1.0)
             factors["log_1mp"] = torch.div(probs, ratio, out=ratio).nan_to_num_(nan=0.0, posinf=0.0)
@@ -225,6 +232,94 @@ class _TargetLogSoftmax(torch.autograd.Function):
         grad_logits = torch.mul(probs, grad.neg())
         grad_logits.scatter_add_(1, labels.unsqueeze(1), grad)
         return grad_logits, None
+
+
+def powered_cross_entropy_sum(target_log_probs: Tensor, voxel_weights: Tensor, exponent: float) -> Tensor:
+    """Return ``sum_n w_n (-log p_n) ** exponent`` per sample, ``(B,)``, with the power bounded as in
+    :func:`~scripts.losses.powers.bounded_power`.
+
+    Args:
+        target_log_probs: ``(B, *spatial)`` log-probability of each voxel's target class (``<= 0``).
+        voxel_weights: ``(B, *spatial)`` weight of each voxel, zero at voxels outside the loss; no gradient flows
+            into it.
+        exponent: ``> 0``. Exponents of one or more take the autograd path.
+    """
+    if exponent >= 1.0:
+        return (bounded_power(-target_log_probs, exponent) * voxel_weights).flatten(start_dim=1).sum(dim=1)
+    return _PoweredCrossEntropySum.apply(target_log_probs, voxel_weights.detach(), float(exponent))
+
+
+class _PoweredCrossEntropySum(torch.autograd.Function):
+    """The forward and backward of :func:`powered_cross_entropy_sum` for ``0 < exponent < 1``."""
+
+    @staticmethod
+    def forward(ctx, target_log_probs: Tensor, voxel_weights: Tensor, exponent: float):
+        batch_size = target_log_probs.shape[0]
+        with torch.no_grad():
+            # A log-probability is at most 0, so the base needs no clamp.
+            base = target_log_probs.reshape(batch_size, -1).neg()
+            weights = voxel_weights.reshape(batch_size, -1)
+            powered, ratio = power_and_ratio(base, exponent)
+            total = powered.mul_(weights).sum(dim=1)
+        ctx.save_for_backward(base, ratio, weights)
+        ctx.exponent = exponent
+        ctx.spatial_shape = target_log_probs.shape
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        base, ratio, weights = ctx.saved_tensors
+        # d/dl of w (-l)^e is -w times the slope of the power at -l.
+        grad_log_probs = power_slope(base, ratio, ctx.exponent).mul_(weights).mul_(grad.neg().unsqueeze(1))
+        return grad_log_probs.view(ctx.spatial_shape), None, None
+
+
+def focal_cross_entropy_sum(target_log_probs: Tensor, voxel_weights: Tensor, gamma: float) -> Tensor:
+    """Return ``sum_n w_n (1 - p_n) ** gamma (-log p_n)`` per sample, ``(B,)``, the focal factor bounded as in
+    :func:`~scripts.losses.powers.bounded_power`.
+
+    ``1 - p`` is ``-expm1(log p)``, accurate near ``p = 1``.
+
+    Args:
+        target_log_probs: ``(B, *spatial)`` log-probability of each voxel's target class (``<= 0``).
+        voxel_weights: ``(B, *spatial)`` weight of each voxel, zero at voxels outside the loss; no gradient flows
+            into it.
+        gamma: ``>= 0``. Zero gives the weighted cross-entropy; one or more takes the autograd path.
+    """
+    if gamma == 0.0 or gamma >= 1.0:
+        modulation = bounded_power(-torch.expm1(target_log_probs), gamma)
+        return (modulation * target_log_probs * voxel_weights).flatten(start_dim=1).sum(dim=1).neg()
+    return _FocalCrossEntropySum.apply(target_log_probs, voxel_weights.detach(), float(gamma))
+
+
+class _FocalCrossEntropySum(torch.autograd.Function):
+    """The forward and backward of :func:`focal_cross_entropy_sum` for ``0 < gamma < 1``."""
+
+    @staticmethod
+    def forward(ctx, target_log_probs: Tensor, voxel_weights: Tensor, gamma: float):
+        batch_size = target_log_probs.shape[0]
+        with torch.no_grad():
+            log_probs = target_log_probs.reshape(batch_size, -1)
+            weights = voxel_weights.reshape(batch_size, -1)
+            # 1 - p, which is at least 0 because log p is at most 0.
+            complement = torch.expm1(log_probs).neg_()
+            modulation, ratio = power_and_ratio(complement, gamma)
+            total = torch.mul(modulation, log_probs).mul_(weights).sum(dim=1).neg_()
+        ctx.save_for_backward(log_probs, weights, complement, modulation, ratio)
+        ctx.gamma = gamma
+        ctx.spatial_shape = target_log_probs.shape
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        log_probs, weights, complement, modulation, ratio = ctx.saved_tensors
+        # With q = 1 - p = 1 - exp(l) and m = q^gamma: d/dl of -m l is l m'(q) p - m, since dq/dl = -p.
+        grad_log_probs = power_slope(complement, ratio, ctx.gamma).mul_(log_probs)
+        grad_log_probs.mul_(torch.rsub(complement, 1.0)).sub_(modulation)
+        grad_log_probs.mul_(weights * grad.unsqueeze(1))
+        return grad_log_probs.view(ctx.spatial_shape), None, None
 
 
 # Target probabilities below this take the exact path. The smallest normal float32 number is about 1.2e-38, and
@@ -280,23 +375,35 @@ def _target_log_probs(logits: Tensor, picked: Tensor, labels: Tensor) -> Tensor:
 
 def _accumulate(
     buffer: Tensor | None,
-    coefficients: dict[str, Tensor],
+    coefficients: list[tuple[str, Tensor]],
     factors: dict[str, Tensor | None],
     mask: Tensor | None,
     shape: torch.Size,
 ) -> Tensor | None:
-    """Add ``mask * sum_v coefficients[v] * factors[v]`` to ``buffer``, or to a new tensor when it is ``None``.
+    """Add ``mask * sum_v coefficient_v * factors[v]`` to ``buffer``, or to a new tensor when it is ``None``.
 
-    A factor of ``None`` stands for one, and a mask of ``None`` for every voxel.
+    ``coefficients`` pairs a value with its coefficient. A factor of ``None`` stands for one, and a mask of ``None``
+    for every voxel. A new buffer starts as ``addcmul`` of a coefficient without factor and a product, so that no
+    pass copies a broadcast coefficient.
     """
-    for value, coefficient in coefficients.items():
+    scaled, plain = [], []
+    for value, coefficient in coefficients:
         if mask is not None:
             coefficient = coefficient * mask
         factor = factors[value]
+        if factor is None:
+            plain.append(coefficient)
+        else:
+            scaled.append((factor, coefficient))
+    for factor, coefficient in scaled:
         if buffer is None:
-            buffer = coefficient.expand(shape).clone() if factor is None else factor * coefficient
-        elif factor is None:
-            buffer.add_(coefficient)
+            buffer = torch.addcmul(plain.pop(0), factor, coefficient) if plain else factor * coefficient
         else:
             buffer.addcmul_(factor, coefficient)
+    for coefficient in plain:
+        if buffer is None:
+            # empty().copy_() measured about a third faster on CPU than clone() of the expanded coefficient.
+            buffer = torch.empty(shape, dtype=coefficient.dtype, device=coefficient.device).copy_(coefficient)
+        else:
+            buffer.add_(coefficient)
     return buffer

@@ -7,7 +7,7 @@ import torch
 from loss_cases import make_labels, make_logits, perfect_logits
 
 from scripts.losses import build_loss
-from scripts.losses.base import POWER_LINEAR_BELOW
+from scripts.losses.powers import POWER_LINEAR_BELOW
 
 PROBS = torch.tensor([[0.9, 0.6], [0.2, 0.1]], dtype=torch.float64)
 TARGET = torch.tensor([[1, 1], [0, 0]])[None, None]

@@ -35,7 +35,7 @@ def test_one_hot_target_has_no_gradient():
 
 @pytest.mark.parametrize("exponent", [0.3, 0.5, 0.75])
 def test_bounded_power_power_and_chord(exponent):
-    from scripts.losses.base import POWER_LINEAR_BELOW, bounded_power
+    from scripts.losses.powers import POWER_LINEAR_BELOW, bounded_power
 
     above = torch.tensor([1e-5, 0.01, 0.5, 1.0, 3.0], dtype=torch.float64, requires_grad=True)
     bounded_power(above, exponent).sum().backward()

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..base import SegmentationInputs, SegmentationLoss, bounded_power, check_number, pool_batch_sums
+from ..base import SegmentationInputs, SegmentationLoss, check_number, pool_batch_sums
 from ..distributed import sum_across_ranks
+from ..fused import powered_cross_entropy_sum
+from ..powers import bounded_power
 from ..region.dice import soft_dice
 from ..registry import register_loss
 
@@ -127,8 +129,7 @@ class ExpLogLoss(SegmentationLoss):
         """Return the Dice class sums and the cross term from one fused softmax pass (softmax, index target)."""
         class_sums, target_log_probs = inputs.class_sums_and_target_log_probs(batch=self.batch)
         # The sum over voxels of w_l (-ln p_l)^gamma, each voxel weighted by its class (zero where ignored).
-        powered = bounded_power(-target_log_probs, self.gamma_cross)
-        total = (powered * inputs.voxel_weights(weights)).flatten(start_dim=1).sum(dim=1)
+        total = powered_cross_entropy_sum(target_log_probs, inputs.voxel_weights(weights), self.gamma_cross)
         count = inputs.voxel_count()
         if self.batch:
             total, count = pool_batch_sums(total.unsqueeze(1), count.unsqueeze(1))

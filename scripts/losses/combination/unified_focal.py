@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..base import SegmentationInputs, SegmentationLoss, check_number, pool_batch_sums
+from ..fused import focal_cross_entropy_sum
 from ..pixel.focal import focal_modulation
 from ..region.tversky import focal_tversky_term, tversky_index
 from ..registry import register_loss
@@ -118,12 +119,16 @@ class UnifiedFocalLoss(SegmentationLoss):
 
     def _fused_terms(self, inputs: SegmentationInputs) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Return ``F_c`` and the Tversky class sums from one fused softmax pass (softmax, index target)."""
-        class_sums, target_log_probs = inputs.class_sums_and_target_log_probs(batch=self.batch)
-        # Each voxel's cross-entropy, modulated where its label is the background. Their per-class sums then give
-        # the background's modulated sum and the rare classes' plain sums at once.
-        cross_entropy = -target_log_probs
-        modulation = torch.where(inputs.labels == 0, focal_modulation(target_log_probs, self.gamma), 1.0)
-        class_totals = inputs.intersection_sums((modulation * cross_entropy).unsqueeze(1))
+        sums, target_log_probs = inputs.softmax_sums_and_target_log_probs(
+            [("target", "p"), ("mask", "p"), ("target", "log_p")]
+        )
+        intersection, prediction_sum, target_log_sums = sums.unbind()
+        class_sums = (intersection, prediction_sum, inputs.target_volumes)
+        if self.batch:
+            class_sums = pool_batch_sums(*class_sums)
+        # The background's cross-entropy is modulated voxel by voxel, and the rare classes' is the plain class sum.
+        background = focal_cross_entropy_sum(target_log_probs, inputs.target[:, 0], self.gamma)
+        class_totals = torch.cat([background.unsqueeze(1), -target_log_sums[:, 1:]], dim=1)
         return self._focal_means(class_totals, inputs), class_sums
 
     def _focal_means(self, class_totals: Tensor, inputs: SegmentationInputs) -> Tensor:

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..base import SegmentationInputs, SegmentationLoss, bounded_power, check_number
+from ..base import SegmentationInputs, SegmentationLoss, check_number
+from ..powers import bounded_power
 from ..registry import register_loss
 
 

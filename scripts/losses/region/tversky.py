@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ..base import SegmentationInputs, SegmentationLoss, bounded_power, check_number
+from ..base import SegmentationInputs, SegmentationLoss, check_number
+from ..powers import bounded_power
 from ..registry import register_loss
 
 CLASS_REDUCTIONS = ("mean", "sum")
