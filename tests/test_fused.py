@@ -27,12 +27,12 @@ def reference_sums(logits, target, mask, terms, labels=None):
     """The same sums written with autograd, one tensor per quantity."""
     log_p = F.log_softmax(logits, dim=1)
     p = log_p.exp()
-    tiny = torch.finfo(logits.dtype).tiny
+    floor = torch.finfo(logits.dtype).eps / 2.0
     values = {
         "log_p": log_p,
         "p": p,
         "p_squared": p * p,
-        "log_1mp": torch.log((-torch.expm1(log_p)).clamp_min(tiny)),
+        "log_1mp": torch.log((-torch.expm1(log_p)).clamp_min(floor)),
     }
     dims = tuple(range(2, logits.ndim))
     sums = []
@@ -313,3 +313,14 @@ def test_per_voxel_sum_matches_autograd(fused, reference, exponent):
     # Away from the kink at the threshold, the slope is the finite-difference one.
     smooth = -(torch.rand(2, 3, 4, dtype=torch.float64) * 3.0 + 0.1)
     assert torch.autograd.gradcheck(lambda x: fused(x, weights[:, :3, :4], exponent), (smooth.requires_grad_(True),))
+
+
+@pytest.mark.parametrize("ignore", [False, True], ids=["all-voxels", "ignored-voxels"])
+def test_log_complement_sums_in_float32(ignore):
+    # Sums of log(1 - p) over a volume whose voxel count is not a multiple of four, against float64.
+    logits, labels, target, mask = inputs((2, 3, 9, 10, 11), dtype=torch.float32, ignore=ignore)
+    terms = [("mask", "log_1mp"), ("target", "log_1mp")]
+    expected, _ = reference_sums(logits.double(), target.double(), None if mask is None else mask.double(), terms)
+    for given_labels in (labels, None):
+        sums, _ = softmax_class_sums(logits, target, mask, terms, given_labels)
+        torch.testing.assert_close(sums.double(), expected, rtol=1e-5, atol=1e-4)

@@ -36,8 +36,10 @@ class ComboLoss(SegmentationLoss):
     outside both BCE terms by a misplaced parenthesis; we follow the paper's equation.
 
     The class sums come from one fused softmax pass (:func:`~scripts.losses.fused.softmax_class_sums`); ``log p``
-    is the log-softmax, so a confidently wrong voxel keeps its gradient. With one sigmoid channel, ``log(1 - p)``
-    of a class is the log-sigmoid of the other class.
+    is the log-softmax, so a confidently wrong voxel keeps its gradient. In ``log(1 - p)`` a probability that
+    rounds to one is clamped (:func:`~scripts.losses.fused.complement_floor`, ``1 - p = 2^-24`` in float32) and
+    gets no gradient from that term. With one sigmoid channel, ``log(1 - p)`` of a class is the log-sigmoid of the
+    other class.
 
     Args:
         include_background: include class 0 in ``K``. With a sigmoid, ``K`` is the foreground alone, as in the
