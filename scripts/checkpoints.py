@@ -263,6 +263,7 @@ class TrainingCheckpoint:
         if self.resume == "never":
             if exists:
                 logger.info("resume is 'never': starting a new training; %s will be overwritten.", self.path)
+                self._close_replaced_run(self.path)
             return None
         if not exists:
             if self.resume == "must":
@@ -295,6 +296,7 @@ class TrainingCheckpoint:
                 self.path,
                 "; ".join(differences),
             )
+            self._close_replaced_run(self.path, checkpoint)
             return None
         if differences:
             raise ValueError(
@@ -303,6 +305,23 @@ class TrainingCheckpoint:
                 "a new training that overwrites it, or pass another --ckpt_dir."
             )
         return checkpoint
+
+    def _close_replaced_run(self, path: Path, checkpoint: Mapping[str, Any] | None = None) -> None:
+        """Have the tracker end the MLflow run of the unfinished training in ``path`` that this training replaces.
+
+        A checkpoint that cannot be read is replaced without a word about its run.
+        """
+        if self.tracker is None or not self.write:
+            return
+        if checkpoint is None:
+            try:
+                checkpoint = load_checkpoint(path)
+            except RuntimeError:
+                return
+        if checkpoint.get("finished") or not isinstance(checkpoint.get("tracking"), Mapping):
+            return
+        reason = f"a new training overwrote its checkpoint {path} (epoch {checkpoint.get('epoch')})"
+        self.tracker.close_replaced_run(checkpoint["tracking"], reason)
 
     def _restore(self, trainer: Engine, checkpoint: Mapping[str, Any]) -> None:
         unwrap(self.network).load_state_dict(checkpoint["network"])

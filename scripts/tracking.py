@@ -54,6 +54,35 @@ logger = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000
 
 
+def close_replaced_run(state: Mapping[str, Any], reason: str, client: MlflowClient | None = None) -> None:
+    """Mark the MLflow run in a checkpoint's tracking ``state`` as killed when it is still ``RUNNING``.
+
+    A training killed with its process leaves its run ``RUNNING``, and a new training that overwrites the
+    checkpoint (``--resume never``) would leave it so for good. The run gets the tag ``replaced`` with ``reason``.
+    A run that ended (finished or failed) is left as it is. An unreachable store only logs a warning, because
+    the new training does not depend on it.
+    """
+    run_id, tracking_uri = state.get("run_id"), state.get("tracking_uri")
+    if not run_id or not tracking_uri:
+        return
+    database = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else None
+    if database is not None and not Path(database).is_file():
+        # MLflow would create an empty database there.
+        logger.warning("MLflow run %s of the replaced training is in %s, which does not exist.", run_id, tracking_uri)
+        return
+    try:
+        client = client or MlflowClient(tracking_uri=tracking_uri)
+        if client.get_run(run_id).info.status != RunStatus.to_string(RunStatus.RUNNING):
+            return
+        client.set_tag(run_id, "replaced", reason[:MAX_PARAM_LENGTH])
+        client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.KILLED))
+        logger.info("MLflow run %s of the replaced training marked killed.", run_id)
+    except (MlflowException, OSError) as error:
+        logger.warning(
+            "MLflow run %s in %s of the replaced training could not be marked killed: %s", run_id, tracking_uri, error
+        )
+
+
 def sqlite_tracking_uri(output_dir: str | Path) -> str:
     """Return the default tracking URI: a SQLite database ``mlflow.db`` in ``output_dir``."""
     path = Path(output_dir).expanduser().resolve() / "mlflow.db"
@@ -404,6 +433,14 @@ class MLflowTracker:
             key: [(int(step), float(value)) for step, value in values if step <= epoch]
             for key, values in state.get("history", {}).items()
         }
+
+    def close_replaced_run(self, state: Mapping[str, Any], reason: str) -> None:
+        """Mark the run of a checkpoint that a new training replaces as killed, if it is still running.
+
+        ``state`` is the checkpoint's :meth:`resume_state`. See :func:`close_replaced_run`.
+        """
+        client = self.mlflow_client if state.get("tracking_uri") == self.tracking_uri else None
+        close_replaced_run(state, reason, client)
 
     # Helpers.
 

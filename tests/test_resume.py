@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from mlflow.tracking import MlflowClient
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 from monai.utils import set_determinism
@@ -31,6 +32,7 @@ from scripts import BUNDLE_ROOT
 from scripts.checkpoints import TrainingCheckpoint, atomic_save, load_checkpoint
 from scripts.data import load_datalist
 from scripts.random_state import capture_random_states, restore_random_states
+from scripts.tracking import close_replaced_run
 
 # 4 epochs, validation and checkpoints every 2: epoch 3 is trained and logged but not checkpointed, so a training
 # killed during epoch 4 resumes from epoch 2 and must not log epoch 3 twice.
@@ -130,6 +132,7 @@ def tiny_training(
     stop_after: int | None = None,
     epochs: int = 3,
     fail_at_first_step: bool = False,
+    tracker=None,
 ):
     """Train a linear model on 4 numbers for ``epochs`` with a TrainingCheckpoint; optionally stop early or fail."""
     torch.manual_seed(0)
@@ -148,7 +151,9 @@ def tiny_training(
 
     trainer = Engine(step)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: scheduler.step())
-    checkpoint = TrainingCheckpoint(path, network, optimizer, lr_scheduler=scheduler, settings=settings, resume=resume)
+    checkpoint = TrainingCheckpoint(
+        path, network, optimizer, lr_scheduler=scheduler, settings=settings, resume=resume, tracker=tracker
+    )
     checkpoint.attach(trainer)
     if stop_after is not None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED(once=stop_after), lambda engine: engine.terminate())
@@ -222,6 +227,87 @@ def test_resume_never_starts_over(tmp_path):
     assert checkpoint.resumed_epoch is None
     assert trainer.state.iteration == 12
     assert torch.load(path, weights_only=True)["finished"]
+
+
+class RunStub:
+    """The part of MLflowTracker that TrainingCheckpoint uses, with a real run in a SQLite store."""
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        experiment = self.client.get_experiment_by_name("tiny")
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment("tiny")
+        self.run_id = self.client.create_run(experiment_id).info.run_id
+
+    def resume_state(self):
+        return {"run_id": self.run_id, "tracking_uri": self.tracking_uri, "history": {}}
+
+    def resume_from(self, state, epoch):
+        pass
+
+    def close_replaced_run(self, state, reason):
+        close_replaced_run(state, reason)
+
+    def status(self):
+        return self.client.get_run(self.run_id).info.status
+
+
+def test_resume_never_ends_replaced_run(tmp_path):
+    # A training stopped after epoch 1 without ending its run, as a killed process leaves it, stays RUNNING until
+    # the training that overwrites its checkpoint ends it.
+    path, uri = tmp_path / "checkpoint.pt", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed = RunStub(uri)
+    tiny_training(path, {"learning_rate": 0.1}, stop_after=1, tracker=killed)
+    assert killed.status() == "RUNNING"
+
+    tiny_training(path, {"learning_rate": 0.01}, resume="never", tracker=RunStub(uri))
+
+    assert killed.status() == "KILLED"
+    tag = killed.client.get_run(killed.run_id).data.tags["replaced"]
+    assert f"a new training overwrote its checkpoint {path} (epoch 1)" == tag
+
+
+def test_start_over_after_failed_first_epoch_ends_run(tmp_path):
+    path, uri = tmp_path / "checkpoint.pt", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    killed = RunStub(uri)
+    with pytest.raises(ZeroDivisionError):
+        tiny_training(path, {"learning_rate": 0.1}, fail_at_first_step=True, tracker=killed)
+
+    tiny_training(path, {"learning_rate": 0.01}, tracker=RunStub(uri))
+
+    assert killed.status() == "KILLED"
+
+
+def test_resume_never_keeps_ended_run(tmp_path):
+    path, uri = tmp_path / "checkpoint.pt", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    failed = RunStub(uri)
+    tiny_training(path, {"learning_rate": 0.1}, stop_after=1, tracker=failed)
+    failed.client.set_terminated(failed.run_id, status="FAILED")
+
+    tiny_training(path, {"learning_rate": 0.1}, resume="never", tracker=RunStub(uri))
+
+    assert failed.status() == "FAILED"
+    assert "replaced" not in failed.client.get_run(failed.run_id).data.tags
+
+
+def test_unreachable_store_of_replaced_run_only_warns(tmp_path, caplog):
+    state = {"run_id": "0123", "tracking_uri": f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"}
+
+    close_replaced_run(state, "a new training")
+
+    assert "of the replaced training is in" in caplog.text
+    assert "which does not exist" in caplog.text
+    assert not (tmp_path / "missing").exists()
+
+
+def test_replaced_run_not_in_store_only_warns(tmp_path, caplog):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    RunStub(uri)
+
+    close_replaced_run({"run_id": "0123", "tracking_uri": uri}, "a new training")
+
+    assert "MLflow run 0123 in" in caplog.text
+    assert "could not be marked killed" in caplog.text
 
 
 def test_resume_auto_starts_over_after_finished_training(tmp_path):
