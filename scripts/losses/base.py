@@ -688,11 +688,24 @@ def _soft_target(target: Tensor, channels: int, ignore_index: int | None) -> tup
             )
         if channels == 1:
             return None, torch.cat([1.0 - soft, soft], dim=1), None
-        mask = None
+        row_sum = soft.sum(dim=1, keepdim=True)
+        # Rounding of the target's own dtype, summed over the channels, with a floor for float32 arithmetic.
+        tolerance = max(1e-3, 8.0 * torch.finfo(target.dtype).eps * channels)
+        off = (row_sum - 1.0).abs() > tolerance
         if ignore_index is not None:
-            row_sum = soft.sum(dim=1, keepdim=True)
-            if bool((row_sum == 0).any()):
-                mask = (row_sum > 0).float()
+            off &= row_sum != 0
+        if bool(off.any()):
+            position = tuple(int(index) for index in off.nonzero()[0])
+            sample, voxel = position[0], position[2:]
+            unlabelled = "" if ignore_index is not None else " (all zero marks an ignored voxel only with ignore_index)"
+            raise ValueError(
+                f"a one-hot or soft target must sum to 1 over its {channels} channels at every voxel, but it sums "
+                f"to {row_sum[position].item():.6g} in sample {sample} at voxel {voxel}{unlabelled}. Normalise the "
+                "target over the channels, or pass class indices with one channel instead."
+            )
+        mask = None
+        if ignore_index is not None and bool((row_sum == 0).any()):
+            mask = (row_sum > 0).float()
     return None, soft, mask
 
 

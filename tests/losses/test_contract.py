@@ -268,6 +268,22 @@ def test_label_out_of_range_raises(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_soft_target_not_summing_to_one_raises(name):
+    shape = SHAPES["2d"]
+    labels = blob_labels(shape, shape[1])
+    target = one_hot(labels, shape[1])
+    target[1, :, 2, 3] = 0.5
+    with pytest.raises(ValueError, match=r"sums to 1\.5 in sample 1 at voxel \(2, 3\)"):
+        evaluate(build(name), name, make_logits(shape), target, labels)
+
+    # All zero is an ignored voxel only with ignore_index.
+    target[1, :, 2, 3] = 0.0
+    with pytest.raises(ValueError, match="sums to 0 in sample 1 at voxel"):
+        evaluate(build(name), name, make_logits(shape), target, labels)
+    assert torch.isfinite(evaluate(build(name, ignore_index=255), name, make_logits(shape), target, labels)).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_shape_mismatch_names_both_shapes(name):
     shape = SHAPES["3d"]
     labels = blob_labels(shape, shape[1])
