@@ -229,7 +229,7 @@ def test_parent_run_holds_report(finished):
 
 def test_rerun_does_no_work(finished):
     before = {run.info.run_id for run in study_runs(finished["output_dir"], "child")}
-    log = finished["output_dir"] / "runs" / "dice-fold0-seed0" / "train.log"
+    (log,) = (finished["output_dir"] / "runs").glob("dice-fold0-seed0-*/train.log")
     modified = log.stat().st_mtime
 
     second = study(*finished["arguments"])
@@ -284,7 +284,11 @@ def processes_with(text: str) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the training process")
 def test_sigterm_stops_training_and_marks_run(dataset_dir, tmp_path):
     output_dir = tmp_path / "study"
-    train_log = output_dir / "runs" / "dice-fold0-seed0" / "train.log"
+
+    def started_training_log():
+        logs = list((output_dir / "runs").glob("dice-fold0-seed0-*/train.log"))
+        return logs[0] if logs and "MLflow run" in logs[0].read_text(errors="replace") else None
+
     arguments = [
         "--losses",
         "dice",
@@ -311,7 +315,7 @@ def test_sigterm_stops_training_and_marks_run(dataset_dir, tmp_path):
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 600
-        while not (train_log.is_file() and "MLflow run" in train_log.read_text(errors="replace")):
+        while (train_log := started_training_log()) is None:
             assert process.poll() is None, (tmp_path / "study.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the training did not start within 10 minutes"
             time.sleep(1)

@@ -52,6 +52,7 @@ EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Except
 # Python's notes between the reports of chained exceptions.
 CHAINED_EXCEPTION = ("The above exception was the direct cause", "During handling of the above exception")
 SIGTERM_GRACE = 30.0  # seconds a subprocess gets to record its own failure before it is killed
+RUN_DIR_KEY_DIGITS = 8  # hex digits of the settings key in a run's folder name
 
 
 @dataclass
@@ -75,7 +76,8 @@ class StudyRunner:
     Args:
         settings: the study's settings.
         store: the study's MLflow records.
-        output_dir: folder for the runs' files (``runs/<loss>-fold<f>-seed<s>/``).
+        output_dir: folder for the runs' files (``runs/<loss>-fold<f>-seed<s>-<key>/``, the first 8 digits of the
+            settings key).
         shard: ``(index, count)`` of the shard to run.
         retry_failed: run again the runs recorded as failed; by default a recorded failure is a result.
     """
@@ -142,9 +144,11 @@ class StudyRunner:
     # One run.
 
     def _execute(self, spec: RunSpec, key: str, parent_id: str) -> RunResult:
-        run_dir = self.output_dir / "runs" / spec.name
+        # The settings key in the name keeps a study with other settings in the same output folder from
+        # overwriting these files.
+        run_dir = self.output_dir / "runs" / f"{spec.name}-{key[:RUN_DIR_KEY_DIGITS]}"
         if run_dir.exists():
-            shutil.rmtree(run_dir)  # files of an earlier, interrupted attempt
+            shutil.rmtree(run_dir)  # files of an earlier, interrupted attempt with the same settings
         run_dir.mkdir(parents=True)
         attempt = uuid.uuid4().hex
         tags = {
