@@ -36,8 +36,9 @@ def reference_sums(logits, target, mask, terms, labels=None):
     }
     dims = tuple(range(2, logits.ndim))
     sums = []
+    scales = {"target": target, "mask": mask, "nontarget": (1.0 if mask is None else mask) - target}
     for weight, value in terms:
-        scale = target if weight == "target" else mask
+        scale = scales[weight]
         sums.append((values[value] if scale is None else values[value] * scale).sum(dim=dims))
     target_log_p = None if labels is None else log_p.gather(1, labels.unsqueeze(1))[:, 0]
     return torch.stack(sums), target_log_p
@@ -290,9 +291,16 @@ def focal_reference(log_probs, weights, gamma):
     return -(modulation * log_probs * weights).flatten(start_dim=1).sum(dim=1)
 
 
-PER_VOXEL_CASES = [(powered_cross_entropy_sum, powered_reference, e) for e in (0.3, 0.75, 1.0, 2.0)] + [
-    (focal_cross_entropy_sum, focal_reference, gamma) for gamma in (0.0, 0.5, 0.8, 1.0, 2.0)
-]
+def focal_from_probs(log_probs, weights, gamma):
+    """focal_cross_entropy_sum given the target probabilities too, as the fused pass returns them."""
+    return focal_cross_entropy_sum(log_probs, weights, gamma, log_probs.detach().exp())
+
+
+PER_VOXEL_CASES = (
+    [(powered_cross_entropy_sum, powered_reference, e) for e in (0.3, 0.75, 1.0, 2.0)]
+    + [(focal_cross_entropy_sum, focal_reference, gamma) for gamma in (0.0, 0.5, 0.8, 1.0, 2.0)]
+    + [(focal_from_probs, focal_reference, gamma) for gamma in (0.5, 0.8)]
+)
 
 
 @pytest.mark.parametrize(
@@ -319,8 +327,17 @@ def test_per_voxel_sum_matches_autograd(fused, reference, exponent):
 def test_log_complement_sums_in_float32(ignore):
     # Sums of log(1 - p) over a volume whose voxel count is not a multiple of four, against float64.
     logits, labels, target, mask = inputs((2, 3, 9, 10, 11), dtype=torch.float32, ignore=ignore)
-    terms = [("mask", "log_1mp"), ("target", "log_1mp")]
+    terms = [("mask", "log_1mp"), ("target", "log_1mp"), ("nontarget", "log_1mp")]
     expected, _ = reference_sums(logits.double(), target.double(), None if mask is None else mask.double(), terms)
     for given_labels in (labels, None):
         sums, _ = softmax_class_sums(logits, target, mask, terms, given_labels)
         torch.testing.assert_close(sums.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("terms", [[("target", "p")], [("mask", "log_p")]], ids=["target-probs", "log-softmax"])
+def test_target_probs_are_exp_of_target_log_probs(terms):
+    logits, labels, target, mask = inputs((2, 3, 5, 6), dtype=torch.float32, ignore=True)
+    _, target_log_p, target_p = softmax_class_sums(logits, target, mask, terms, labels, with_target_probs=True)
+    torch.testing.assert_close(target_p, target_log_p.exp())
+    assert not target_p.requires_grad
+    assert softmax_class_sums(logits, target, mask, terms, None, with_target_probs=True)[2] is None

@@ -455,8 +455,9 @@ class SegmentationInputs:
     def softmax_sums(self, terms: Sequence[tuple[str, str]], batch: bool = False) -> Tensor:
         """Return per-class sums of softmax quantities, shape ``(len(terms), B, K)``, in one fused pass.
 
-        ``terms`` pairs a weight (``"target"`` or ``"mask"``) with a value (``"log_p"``, ``"p"``, ``"p_squared"``
-        or ``"log_1mp"``); see :func:`~scripts.losses.fused.softmax_class_sums`. Softmax (``C >= 2``) only.
+        ``terms`` pairs a weight (``"target"``, ``"mask"`` or ``"nontarget"``) with a value (``"log_p"``, ``"p"``,
+        ``"p_squared"`` or ``"log_1mp"``), as in :func:`~scripts.losses.fused.softmax_class_sums`. Softmax
+        (``C >= 2``) only.
         ``batch=True`` sums over the batch too, shape ``(len(terms), 1, K)``, and in distributed training over
         the batches of every process.
         """
@@ -466,15 +467,16 @@ class SegmentationInputs:
             sums = sum_across_ranks(sums.sum(dim=1, keepdim=True))
         return sums
 
-    def softmax_sums_and_target_log_probs(self, terms: Sequence[tuple[str, str]]) -> tuple[Tensor, Tensor]:
-        """Return the per-sample :meth:`softmax_sums` and :attr:`target_log_probs` from one fused softmax pass.
+    def softmax_sums_and_target_log_probs(self, terms: Sequence[tuple[str, str]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Return the per-sample :meth:`softmax_sums`, :attr:`target_log_probs` and the target probabilities (without
+        gradient) from one fused softmax pass.
 
         For a softmax (``C >= 2``) with an index target. The target log-probabilities carry the value of class 0
         without gradient at ignored voxels, so the caller must leave those out.
         """
         if self._labels is None or self.binary:
             raise ValueError("softmax_sums_and_target_log_probs needs a softmax over C >= 2 and an index target.")
-        return softmax_class_sums(self.logits, self.target, self._mask, terms, self._labels)
+        return softmax_class_sums(self.logits, self.target, self._mask, terms, self._labels, with_target_probs=True)
 
     def intersection_sums(self, values: Tensor) -> Tensor:
         """Return ``sum_n t_nc v_nc`` per class for ``(B, K, *spatial)`` values, the intersection for ``v = p``.

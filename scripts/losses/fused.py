@@ -13,7 +13,8 @@ saved probabilities:
                  = a_{nc} + b_{nc} \\, p_{nc} + 2 e_{nc} \\, p_{nc}^2 - d_{nc} \\frac{p_{nc}}{1 - p_{nc}}
 
 where ``a``, ``b``, ``e`` and ``d`` collect the incoming gradients of the sums of ``log p``, ``p``, ``p^2`` and
-``log(1 - p)``, each weighted as its sum was (by the target or by the mask of the voxels in the loss).
+``log(1 - p)``, each weighted as its sum was (by the target, by the mask of the voxels in the loss, or by their
+difference).
 
 The result equals the autograd computation to rounding, and ``tests/test_fused.py`` checks both the values and the
 gradient (``gradcheck`` in float64). Only the softmax case is fused. A sigmoid (one channel) keeps the autograd
@@ -36,9 +37,10 @@ from torch import Tensor
 from .powers import bounded_power, power_and_ratio, power_slope
 
 # The values that can be summed over the voxels of each class, and their weights. The "target" weight is the one-hot
-# or soft target (zero at ignored voxels), and "mask" is one at every voxel in the loss.
+# or soft target (zero at ignored voxels), "mask" is one at every voxel in the loss, and "nontarget" is mask minus
+# target (the negatives of a binary cross-entropy).
 VALUES = ("log_p", "p", "p_squared", "log_1mp")
-WEIGHTS = ("target", "mask")
+WEIGHTS = ("target", "mask", "nontarget")
 
 
 def softmax_class_sums(
@@ -47,19 +49,22 @@ def softmax_class_sums(
     mask: Tensor | None,
     terms: Sequence[tuple[str, str]],
     labels: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None]:
+    with_target_probs: bool = False,
+) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor | None]:
     """Return ``sum_n w_nc v(p_nc)`` for each ``(weight, value)`` in ``terms``, and the target log-probabilities.
 
     The sums have shape ``(len(terms), B, C)``. With ``labels``, the second result is ``log p`` of each voxel's
     target class, ``(B, *spatial)``, for a per-voxel term such as a powered cross-entropy; otherwise ``None``.
+    ``with_target_probs=True`` adds a third result: ``p`` of each voxel's target class, without gradient (the
+    gradient of a term in ``p`` goes through the log-probability), or ``None`` without ``labels``.
 
     Args:
         logits: ``(B, C, *spatial)`` with ``C >= 2``; the probabilities are their softmax over ``C``.
         target: ``(B, C, *spatial)`` one-hot or soft target, zero at ignored voxels; no gradient flows into it.
         mask: ``(B, 1, *spatial)`` with one at the voxels in the loss, or ``None`` when every voxel counts.
-        terms: pairs of a weight in ``WEIGHTS`` and a value in ``VALUES``. ``log_1mp`` is ``log(1 - p)`` with
-            ``1 - p`` clamped to :func:`complement_floor`, where its gradient is zero (a voxel whose probability
-            rounds to one).
+        terms: pairs of a weight in ``WEIGHTS`` (``"target"``, ``"mask"``, or ``"nontarget"``, the mask minus the
+            target) and a value in ``VALUES``. ``log_1mp`` is ``log(1 - p)`` with ``1 - p`` clamped to
+            :func:`complement_floor`, where its gradient is zero (a voxel whose probability rounds to one).
         labels: ``(B, *spatial)`` int64 class indices whose one-hot is ``target`` (any class at ignored voxels:
             the gradient of their log-probability is dropped, so the caller must leave them out of its loss).
             They also let a ``("target", "log_p")`` sum take the log of the target class's probability alone
@@ -74,10 +79,14 @@ def softmax_class_sums(
             raise ValueError(f"unknown term ({weight!r}, {value!r}); weights are {WEIGHTS}, values are {VALUES}.")
     if logits.shape[1] < 2:
         raise ValueError(f"softmax_class_sums needs at least two channels, got logits of shape {tuple(logits.shape)}.")
-    sums, target_log_probs = _SoftmaxClassSums.apply(
+    sums, target_log_probs, target_probs = _SoftmaxClassSums.apply(
         logits, target.detach(), None if mask is None else mask.detach(), terms, labels
     )
-    return sums, target_log_probs if labels is not None else None
+    if labels is None:
+        target_log_probs = target_probs = None
+    if with_target_probs:
+        return sums, target_log_probs, target_probs
+    return sums, target_log_probs
 
 
 class _SoftmaxClassSums(torch.autograd.Function):
@@ -118,8 +127,9 @@ class _SoftmaxClassSums(torch.autograd.Function):
                     target_log_probs = _target_log_probs(logits, picked, labels)
             computed: dict[str, Tensor] = {"p": probs}
             # A mask-weighted sum of log(1 - p) needs no log(1 - p) tensor (see _sum_of_logs), and neither does a
-            # target-weighted one with labels.
-            if any(value == "log_1mp" and weight == "target" and picked is None for weight, value in terms):
+            # target-weighted or non-target-weighted one with labels.
+            needs_log_complement = {"target": picked is None, "mask": False, "nontarget": labels is None}
+            if any(value == "log_1mp" and needs_log_complement[weight] for weight, value in terms):
                 # log1p(-p) measured faster than log(1 - p) on CPU.
                 log_complement = probs.neg().log1p_()
                 computed["log_1mp"] = log_complement.clamp_min_(math.log(complement_floor(probs.dtype)))
@@ -142,29 +152,43 @@ class _SoftmaxClassSums(torch.autograd.Function):
                     sums.append(at_labels[value])
                     continue
                 if value == "log_1mp" and value not in computed:
-                    complement = torch.rsub(probs, 1.0).clamp_min_(complement_floor(probs.dtype))
+                    complement = torch.rsub(probs, 1.0)
+                    if weight == "nontarget":
+                        # 1 - p + p t is 1 at each voxel's target class (t is one-hot here), so log 1 = 0 drops it.
+                        complement.addcmul_(probs, target)
+                    complement.clamp_min_(complement_floor(probs.dtype))
                     if mask is not None:
-                        # log 1 = 0, so voxels outside the loss drop out of the sum.
+                        # Voxels outside the loss drop out the same way.
                         complement.masked_fill_(mask == 0, 1.0)
                     sums.append(_sum_of_logs(complement.flatten(start_dim=2)))
                     continue
-                scale = target if weight == "target" else mask
+                if weight == "nontarget":
+                    scale = torch.rsub(target, 1.0) if mask is None else torch.rsub(target, 1.0).mul_(mask)
+                else:
+                    scale = target if weight == "target" else mask
                 if scale is None:
                     sums.append(computed[value].sum(dim=dims))
                     continue
                 if scratch is None:
                     scratch = torch.empty_like(probs)
                 sums.append(torch.mul(computed[value], scale, out=scratch).sum(dim=dims))
+            if labels is None:
+                target_probs = logits.new_empty(0)
+            elif picked is None:
+                target_probs = target_log_probs.exp()
+            else:
+                target_probs = picked
         ctx.terms = terms
         ctx.save_for_backward(target, mask, probs)
         if labels is None:
             ctx.mark_non_differentiable(target_log_probs)
+        ctx.mark_non_differentiable(target_probs)
         stacked = torch.stack(sums) if sums else logits.new_zeros((0, *logits.shape[:2]))
-        return stacked, target_log_probs
+        return stacked, target_log_probs, target_probs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_sums: Tensor | None, grad_target_log_probs: Tensor | None):
+    def backward(ctx, grad_sums: Tensor | None, grad_target_log_probs: Tensor | None, _: Tensor | None):
         target, mask, probs = ctx.saved_tensors
         # The incoming gradient of each sum, per weight, shaped to broadcast over the voxels, with its value.
         coefficients: dict[str, list[tuple[str, Tensor]]] = {"target": [], "mask": []}
@@ -178,7 +202,12 @@ class _SoftmaxClassSums(torch.autograd.Function):
                 elif value == "p_squared":
                     # The factor below is p^2, so the 2 of d p^2 / d log p = 2 p^2 goes here.
                     grad = grad * 2.0
-                coefficients[weight].append((value, grad))
+                if weight == "nontarget":
+                    # Mask minus target.
+                    coefficients["mask"].append((value, grad))
+                    coefficients["target"].append((value, -grad))
+                else:
+                    coefficients[weight].append((value, grad))
         if grad_target_log_probs is not None:
             # The target log-probability is the target-weighted log p, so its gradient is a per-voxel coefficient.
             coefficients["target"].append(("log_p", grad_target_log_probs.unsqueeze(1)))
@@ -283,35 +312,43 @@ class _PoweredCrossEntropySum(torch.autograd.Function):
         return grad_log_probs.view(ctx.spatial_shape), None, None
 
 
-def focal_cross_entropy_sum(target_log_probs: Tensor, voxel_weights: Tensor, gamma: float) -> Tensor:
+def focal_cross_entropy_sum(
+    target_log_probs: Tensor, voxel_weights: Tensor, gamma: float, target_probs: Tensor | None = None
+) -> Tensor:
     """Return ``sum_n w_n (1 - p_n) ** gamma (-log p_n)`` per sample, ``(B,)``, the focal factor bounded as in
     :func:`~scripts.losses.powers.bounded_power`.
 
-    ``1 - p`` is ``-expm1(log p)``, accurate near ``p = 1``.
+    ``1 - p`` is ``1 - target_probs`` when given (as exact as ``p`` itself), otherwise ``-expm1(log p)``, which
+    keeps it accurate near ``p = 1``.
 
     Args:
         target_log_probs: ``(B, *spatial)`` log-probability of each voxel's target class (``<= 0``).
         voxel_weights: ``(B, *spatial)`` weight of each voxel, zero at voxels outside the loss; no gradient flows
             into it.
         gamma: ``>= 0``. Zero gives the weighted cross-entropy; one or more takes the autograd path.
+        target_probs: ``(B, *spatial)`` probability of each voxel's target class, the ``exp`` of
+            ``target_log_probs`` (:func:`softmax_class_sums` with ``with_target_probs=True``), or ``None``.
     """
     if gamma == 0.0 or gamma >= 1.0:
         modulation = bounded_power(-torch.expm1(target_log_probs), gamma)
         return (modulation * target_log_probs * voxel_weights).flatten(start_dim=1).sum(dim=1).neg()
-    return _FocalCrossEntropySum.apply(target_log_probs, voxel_weights.detach(), float(gamma))
+    return _FocalCrossEntropySum.apply(target_log_probs, voxel_weights.detach(), float(gamma), target_probs)
 
 
 class _FocalCrossEntropySum(torch.autograd.Function):
     """The forward and backward of :func:`focal_cross_entropy_sum` for ``0 < gamma < 1``."""
 
     @staticmethod
-    def forward(ctx, target_log_probs: Tensor, voxel_weights: Tensor, gamma: float):
+    def forward(ctx, target_log_probs: Tensor, voxel_weights: Tensor, gamma: float, target_probs: Tensor | None = None):
         batch_size = target_log_probs.shape[0]
         with torch.no_grad():
             log_probs = target_log_probs.reshape(batch_size, -1)
             weights = voxel_weights.reshape(batch_size, -1)
-            # 1 - p, which is at least 0 because log p is at most 0.
-            complement = torch.expm1(log_probs).neg_()
+            # 1 - p, which is at least 0 because p is at most 1.
+            if target_probs is None:
+                complement = torch.expm1(log_probs).neg_()
+            else:
+                complement = torch.rsub(target_probs.reshape(batch_size, -1), 1.0)
             modulation, ratio = power_and_ratio(complement, gamma)
             total = torch.mul(modulation, log_probs).mul_(weights).sum(dim=1).neg_()
         ctx.save_for_backward(log_probs, weights, complement, modulation, ratio)
@@ -327,7 +364,7 @@ class _FocalCrossEntropySum(torch.autograd.Function):
         grad_log_probs = power_slope(complement, ratio, ctx.gamma).mul_(log_probs)
         grad_log_probs.mul_(torch.rsub(complement, 1.0)).sub_(modulation)
         grad_log_probs.mul_(weights * grad.unsqueeze(1))
-        return grad_log_probs.view(ctx.spatial_shape), None, None
+        return grad_log_probs.view(ctx.spatial_shape), None, None, None
 
 
 def complement_floor(dtype: torch.dtype) -> float:

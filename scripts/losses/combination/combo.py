@@ -82,20 +82,18 @@ class ComboLoss(SegmentationLoss):
         self.smooth_dr = check_number("smooth_dr", smooth_dr, low=0.0)
 
     def per_sample_loss(self, inputs: SegmentationInputs) -> Tensor:
-        # Class sums instead of a (B, K, *spatial) BCE tensor: sum t log p, sum log(1 - p) and sum t log(1 - p).
+        # Class sums instead of a (B, K, *spatial) BCE tensor: sum t log p and sum (1 - t) log(1 - p).
         if inputs.binary:
-            positive, complement, target_complement, intersection, prediction_sum = self._sigmoid_sums(inputs)
+            positive, negative, intersection, prediction_sum = self._sigmoid_sums(inputs)
         else:
-            positive, complement, target_complement, intersection, prediction_sum = inputs.softmax_sums(
-                [("target", "log_p"), ("mask", "log_1mp"), ("target", "log_1mp"), ("target", "p"), ("mask", "p")],
-                batch=self.batch,
+            positive, negative, intersection, prediction_sum = inputs.softmax_sums(
+                [("target", "log_p"), ("nontarget", "log_1mp"), ("target", "p"), ("mask", "p")], batch=self.batch
             ).unbind()
         target_sum = inputs.target_volumes
         voxels = inputs.voxel_count(batch=self.batch).unsqueeze(1)
         if self.batch:
             target_sum = sum_across_ranks(target_sum.sum(dim=0, keepdim=True))
             voxels = sum_across_ranks(voxels)
-        negative = complement - target_complement
         class_bce = -(self.beta * positive + (1.0 - self.beta) * negative) / voxels
         dice = (2.0 * intersection + self.smooth_nr) / (prediction_sum + target_sum + self.smooth_dr)
 
@@ -104,23 +102,20 @@ class ComboLoss(SegmentationLoss):
         )
 
     def _sigmoid_sums(self, inputs: SegmentationInputs) -> tuple[Tensor, ...]:
-        """Return the five class sums of :meth:`per_sample_loss` for one sigmoid channel, through autograd."""
+        """Return the four class sums of :meth:`per_sample_loss` for one sigmoid channel, through autograd."""
         log_probs = inputs.log_probs
         probs = inputs.probs
         target = inputs.target
         # With two classes, log(1 - p) of one class is the log-probability of the other.
         log_complement = log_probs.flip(1)
         # The target is zero at ignored voxels, so only the sums without it need the mask.
-        masked_log_complement, masked_probs = log_complement, probs
-        if inputs.mask is not None:
-            masked_log_complement = log_complement * inputs.mask
-            masked_probs = probs * inputs.mask
+        valid = 1.0 if inputs.mask is None else inputs.mask
+        masked_probs = probs if inputs.mask is None else probs * inputs.mask
         dims = inputs.spatial_dims
         sums = torch.stack(
             [
                 (target * log_probs).sum(dim=dims),
-                masked_log_complement.sum(dim=dims),
-                (target * log_complement).sum(dim=dims),
+                ((valid - target) * log_complement).sum(dim=dims),
                 (target * probs).sum(dim=dims),
                 masked_probs.sum(dim=dims),
             ]

@@ -119,7 +119,7 @@ class UnifiedFocalLoss(SegmentationLoss):
 
     def _fused_terms(self, inputs: SegmentationInputs) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Return ``F_c`` and the Tversky class sums from one fused softmax pass (softmax, index target)."""
-        sums, target_log_probs = inputs.softmax_sums_and_target_log_probs(
+        sums, target_log_probs, target_probs = inputs.softmax_sums_and_target_log_probs(
             [("target", "p"), ("mask", "p"), ("target", "log_p")]
         )
         intersection, prediction_sum, target_log_sums = sums.unbind()
@@ -127,7 +127,7 @@ class UnifiedFocalLoss(SegmentationLoss):
         if self.batch:
             class_sums = pool_batch_sums(*class_sums)
         # The background's cross-entropy is modulated voxel by voxel, and the rare classes' is the plain class sum.
-        background = focal_cross_entropy_sum(target_log_probs, inputs.target[:, 0], self.gamma)
+        background = focal_cross_entropy_sum(target_log_probs, inputs.target[:, 0], self.gamma, target_probs)
         class_totals = torch.cat([background.unsqueeze(1), -target_log_sums[:, 1:]], dim=1)
         return self._focal_means(class_totals, inputs), class_sums
 
