@@ -335,11 +335,15 @@ class SegmentationInputs:
     def at_labels(self, class_values: Tensor) -> Tensor:
         """Return each voxel's entry of ``(K,)`` or per-sample ``(B, K)`` class values, ``(B, *spatial)``.
 
-        For an index target; ignored voxels get the value of class 0. A ``gather`` along the flattened voxels
-        measured about three times faster on CPU than indexing ``class_values[labels]``.
+        For an index target. Ignored voxels get any value, so callers mask them. Once a loss has built the one-hot
+        :attr:`target`, a batched product with it measured about twice as fast on CPU as a ``gather``, and ``gather``
+        along the flattened voxels about three times as fast as indexing ``class_values[labels]``.
         """
         labels = self._labels.reshape(self._labels.shape[0], -1)
         table = class_values.expand(labels.shape[0], -1) if class_values.ndim == 1 else class_values
+        if "target" in self.__dict__:
+            one_hot = self.target.reshape(*self.target.shape[:2], -1)
+            return torch.bmm(table.to(one_hot.dtype).unsqueeze(1), one_hot).view_as(self._labels)
         return table.gather(1, labels).view_as(self._labels)
 
     def voxel_weights(self, class_weights: Tensor | None) -> Tensor | None:

@@ -153,10 +153,9 @@ class ExpLogLoss(SegmentationLoss):
             frequencies = self.label_frequencies.to(inputs.logits)
         else:
             with torch.no_grad():
-                dims = (0, *inputs.spatial_dims) if self.batch else inputs.spatial_dims
-                frequencies = inputs.target.sum(dim=dims)
+                frequencies = inputs.target_volumes
                 if self.batch:
-                    frequencies = sum_across_ranks(frequencies)
+                    frequencies = sum_across_ranks(frequencies.sum(dim=0))
                 frequencies = frequencies.clamp_min(1.0)
         # (K,) for fixed or batch-wide frequencies, (B, K) for per-sample ones.
         return torch.sqrt(frequencies.sum(dim=-1, keepdim=True) / frequencies)
