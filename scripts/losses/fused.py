@@ -152,15 +152,7 @@ class _SoftmaxClassSums(torch.autograd.Function):
                     sums.append(at_labels[value])
                     continue
                 if value == "log_1mp" and value not in computed:
-                    complement = torch.rsub(probs, 1.0)
-                    if weight == "nontarget":
-                        # 1 - p + p t is 1 at each voxel's target class (t is one-hot here), so log 1 = 0 drops it.
-                        complement.addcmul_(probs, target)
-                    complement.clamp_min_(complement_floor(probs.dtype))
-                    if mask is not None:
-                        # Voxels outside the loss drop out the same way.
-                        complement.masked_fill_(mask == 0, 1.0)
-                    sums.append(_sum_of_logs(complement.flatten(start_dim=2)))
+                    sums.append(_log_complement_sums(probs, target if weight == "nontarget" else None, mask))
                     continue
                 if weight == "nontarget":
                     scale = torch.rsub(target, 1.0) if mask is None else torch.rsub(target, 1.0).mul_(mask)
@@ -374,6 +366,22 @@ def complement_floor(dtype: torch.dtype) -> float:
     factors still multiply to a normal number, which :func:`_sum_of_logs` needs.
     """
     return torch.finfo(dtype).eps / 2.0
+
+
+def _log_complement_sums(probs: Tensor, one_hot: Tensor | None, mask: Tensor | None) -> Tensor:
+    """Return ``sum_n log(1 - p_nc)`` per sample and class, ``(B, C)``, over the voxels in the loss.
+
+    With a ``one_hot`` target, each voxel's target class is left out (the ``"nontarget"`` weight).
+    """
+    complement = torch.rsub(probs, 1.0)
+    if one_hot is not None:
+        # 1 - p + p t is 1 at the target class, and log 1 = 0 drops it from the sum.
+        complement.addcmul_(probs, one_hot)
+    complement.clamp_min_(complement_floor(probs.dtype))
+    if mask is not None:
+        # Voxels outside the loss drop out the same way.
+        complement.masked_fill_(mask == 0, 1.0)
+    return _sum_of_logs(complement.flatten(start_dim=2))
 
 
 def _sum_of_logs(values: Tensor) -> Tensor:
