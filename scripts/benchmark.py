@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .options import count
+
 # Loss name -> builder(logits, labels) -> keyword arguments of the loss's forward() besides logits and target.
 EXTRA_INPUT_BUILDERS: dict[str, Callable[[Tensor, Tensor], dict[str, Any]]] = {}
 
@@ -539,8 +541,9 @@ def _header(device: str, repeats: int, warmup: int, timer: str, markdown: bool, 
     processor = _processor_name()
     info = (
         f"torch {torch.__version__}, MONAI {monai.__version__}, device {device} ({processor}), "
-        f"{torch.get_num_threads()} threads, {allocator}. Median {timer} time of {repeats} forward+backward passes "
-        f"after {warmup} warm-up passes. Floor: torch.nn.functional.cross_entropy on the same tensors."
+        f"{count(torch.get_num_threads(), 'thread')}, {allocator}. Median {timer} time of {repeats} "
+        f"forward+backward passes after {warmup} warm-up passes. Floor: torch.nn.functional.cross_entropy on the "
+        "same tensors."
     )
     return info + "\n" if markdown else info + "\n" + "-" * min(len(info), 120) + "\n"
 

@@ -11,6 +11,8 @@ from ignite.engine import Engine
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys
 
+from .options import count
+
 
 class NonFiniteLossError(FloatingPointError):
     """A training iteration produced a NaN or inf loss or network output."""
@@ -51,7 +53,7 @@ class NonFiniteLossGuard:
                 raise NonFiniteLossError(
                     self._message(
                         engine,
-                        f"the network output contains {bad.numel()} non-finite values "
+                        f"the network output contains {count(bad.numel(), 'non-finite value')} "
                         f"({bad[0].item()} first) before the loss {self.loss_name!r}",
                     )
                 )

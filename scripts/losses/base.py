@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..options import as_bool  # noqa: F401 - re-exported for the losses
+from ..options import as_bool, count  # noqa: F401 - as_bool is re-exported for the losses
 from .distributed import pooling_across_ranks, sum_across_ranks
 from .fused import softmax_class_sums, target_log_softmax
 
@@ -559,8 +559,8 @@ def check_logits(logits: Tensor) -> None:
     if not torch.isfinite(logits.detach().sum()) and not torch.isfinite(logits.detach()).all():
         bad = logits.detach()[~torch.isfinite(logits.detach())]
         raise ValueError(
-            f"logits contain {bad.numel()} non-finite values (first: {bad[0].item()}); the network diverged or "
-            "its input contains NaN/inf. Lower the learning rate or check the input images."
+            f"logits contain {count(bad.numel(), 'non-finite value')} (first: {bad[0].item()}); the network "
+            "diverged or its input contains NaN/inf. Lower the learning rate or check the input images."
         )
 
 

@@ -6,6 +6,7 @@ so a loss overlay only has to change ``loss#name`` and the hyperparameters it se
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import numbers
 from dataclasses import dataclass
@@ -79,8 +80,10 @@ def get_loss_spec(name: str) -> LossSpec:
         ValueError: when no loss is registered under ``name``; the message lists the registered names.
     """
     if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), sorted(_REGISTRY), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(
-            f"unknown loss {name!r}. Registered losses: {', '.join(sorted(_REGISTRY))}. "
+            f"unknown loss {name!r}.{hint} Registered losses: {', '.join(sorted(_REGISTRY))}. "
             "Run `python -m scripts.losses list` for the table."
         )
     return _REGISTRY[name]

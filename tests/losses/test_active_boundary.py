@@ -279,7 +279,7 @@ def test_active_boundary_bad_distance_map_raises():
         loss(logits, labels, boundary_distance=distance.repeat(1, 2, 1, 1))
     with pytest.raises(ValueError, match="boundary_distance must be non-negative, got a minimum of -1.0"):
         loss(logits, labels, boundary_distance=distance - 1.0)
-    with pytest.raises(ValueError, match="boundary_distance contains 1 non-finite values"):
+    with pytest.raises(ValueError, match="boundary_distance contains 1 non-finite value "):
         bad = distance.clone()
         bad[0, 0, 0, 0] = float("inf")
         loss(logits, labels, boundary_distance=bad)

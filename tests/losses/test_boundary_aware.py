@@ -226,7 +226,7 @@ def test_boundary_aware_bad_extra_inputs_raise():
         loss(logits, labels, distance_bin_logits=head, distance_bins=bins + 0.5)
     nan_head = head.clone()
     nan_head[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="distance_bin_logits contains 1 non-finite values"):
+    with pytest.raises(ValueError, match="distance_bin_logits contains 1 non-finite value "):
         loss(logits, labels, distance_bin_logits=nan_head, distance_bins=bins)
     with pytest.raises(ValueError, match="needs the extra input 'distance_bins'"):
         loss(logits, labels, distance_bin_logits=head)

@@ -232,5 +232,5 @@ def test_conditional_boundary_bad_inputs_raise():
         loss(features, labels, features=features, classifier=lambda x: x.sum())
     nan_features = features.clone()
     nan_features[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="features contains 1 non-finite values"):
+    with pytest.raises(ValueError, match="features contains 1 non-finite value "):
         loss(features, labels, features=nan_features, classifier=nn.Identity())

@@ -32,7 +32,7 @@ def test_registry_lists_in_taxonomy_order():
 
 
 def test_unknown_name_lists_registered_names():
-    with pytest.raises(ValueError, match="unknown loss 'dise'.*combo.*cross_entropy.*dice"):
+    with pytest.raises(ValueError, match="unknown loss 'dise'. Did you mean 'dice'?.*combo.*cross_entropy.*dice"):
         build_loss("dise")
     with pytest.raises(ValueError, match="unknown loss"):
         get_loss_spec("")

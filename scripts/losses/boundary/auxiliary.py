@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...options import count
 from ..base import SegmentationInputs, _plain_tensor
 from ..distributed import sum_across_ranks
 
@@ -64,8 +65,8 @@ def extra_tensor(
         if not torch.isfinite(detached.sum()) and not torch.isfinite(detached).all():
             bad = detached[~torch.isfinite(detached)]
             raise ValueError(
-                f"{name} contains {bad.numel()} non-finite values (first: {bad[0].item()}); check {producer} and "
-                "lower the learning rate if a head diverged."
+                f"{name} contains {count(bad.numel(), 'non-finite value')} (first: {bad[0].item()}); check "
+                f"{producer} and lower the learning rate if a head diverged."
             )
     if integer_below is None:
         return value.to(logits.dtype) if value.is_floating_point() else value
