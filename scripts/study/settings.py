@@ -69,7 +69,7 @@ class Preset:
 
 
 PRESETS = {
-    # Sized for about 25 losses in an estimated 2.5 to 3 hours on a 2-core CPU. A run of the default config there
+    # Sized for the 27 registered losses in an estimated 2.5 hours on a 2-core CPU. A run of the default config there
     # took about 45 s of start-up and caching, 25 to 35 s per epoch on the 166 training cases, 4 s per validation
     # of the 42 held-out cases and 20 s of evaluation (2 epochs, measured as docs/study.md describes).
     "quick": Preset(
@@ -78,7 +78,7 @@ PRESETS = {
         folds=(0,),
         max_epochs=10,
         val_interval=2,
-        description="1 seed x 1 fold, 10 epochs with validation every 2: an estimated 6 min per loss on 2 CPU cores",
+        description="1 seed x 1 fold, 10 epochs with validation every 2: an estimated 5 min per loss on 2 CPU cores",
     ),
     "full": Preset(
         name="full",
