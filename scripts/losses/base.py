@@ -688,9 +688,10 @@ def _soft_target(target: Tensor, channels: int, ignore_index: int | None) -> tup
         soft = target.detach().to(torch.float64 if target.dtype == torch.float64 else torch.float32)
         low, high = torch.aminmax(soft)
         if not (torch.isfinite(low) and torch.isfinite(high)) or low < 0 or high > 1:
+            # Adding 0.0 prints a negative zero as 0.0.
             raise ValueError(
-                f"a one-hot or soft target must hold values in [0, 1], got values from {low.item()} to "
-                f"{high.item()}; pass class indices with one channel instead."
+                f"a one-hot or soft target must hold values in [0, 1], got values from {low.item() + 0.0} to "
+                f"{high.item() + 0.0}; pass class indices with one channel instead."
             )
         if channels == 1:
             return None, torch.cat([1.0 - soft, soft], dim=1), None
