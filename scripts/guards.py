@@ -73,7 +73,7 @@ class NonFiniteLossGuard:
             f"{problem} at epoch {state.epoch}, iteration {state.iteration} ({within} of {epoch_length} in the epoch); "
             f"training stopped. Last good checkpoint: {checkpoint}. Fix the cause (a lower learning rate, other "
             "loss settings, or the data: python -m scripts.data check) and start over with --resume never, or rerun "
-            "the same command to resume from that checkpoint."
+            "the same command without --resume never to resume from that checkpoint."
         )
 
 

@@ -254,11 +254,13 @@ def sort_errors(errors: Tensor, target: Tensor, hard_target: bool) -> tuple[Tens
     scale = 2.0**value_bits * (1.0 - 2.0**-23)
     key = torch.rsub(errors, scale, alpha=scale).to(key_dtype)
     if hard_target:
-        key = torch.add(target.to(key_dtype), key, alpha=2)
+        # In place on the new key: a shift and an OR with a boolean target cost less than an integer copy of the
+        # target and a sum.
+        key.bitwise_left_shift_(1).bitwise_or_(target.to(torch.bool))
     if rows > 1:
         row_start = torch.arange(rows, device=errors.device, dtype=key_dtype) << (value_bits + target_bits)
-        key = key + row_start.unsqueeze(1)
+        key.add_(row_start.unsqueeze(1))
     sorted_key, order = key.view(-1).sort()
     if hard_target:
-        return order, (sorted_key & 1).to(errors.dtype).view(rows, size)
+        return order, sorted_key.bitwise_and_(1).to(errors.dtype).view(rows, size)
     return order, torch.gather(target.reshape(-1), 0, order).view(rows, size)
