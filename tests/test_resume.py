@@ -80,6 +80,28 @@ def test_killed_training_resumes_into_same_run(dataset_dir, tmp_path):
     assert "learning_curves.png" in {artifact.path for artifact in client.list_artifacts(killed_run_id)}
 
 
+@pytest.mark.training
+def test_resume_never_marks_killed_training_run(dataset_dir, tmp_path):
+    output_dir = tmp_path / "killed"
+    process = start_training(dataset_dir, output_dir, tmp_path / "killed.log", *RESUMABLE)
+    try:
+        wait_for(lambda: has_logged_step(sqlite_uri(output_dir), "train_loss", 1), process, "epoch 1 was logged")
+    finally:
+        process.kill()
+        process.wait()
+    _, (killed,) = training_runs(sqlite_uri(output_dir))
+    assert killed.info.status == "RUNNING"
+
+    restarted = run_training(dataset_dir, output_dir, "--max_epochs", "1", "--resume", "never")
+
+    client, runs = training_runs(sqlite_uri(output_dir))
+    replaced = client.get_run(killed.info.run_id)
+    assert "marked killed" in restarted.stdout + restarted.stderr
+    assert replaced.info.status == "KILLED"
+    assert replaced.data.tags["replaced"].startswith("a new training overwrote its checkpoint")
+    assert sorted(run.info.status for run in runs) == ["FINISHED", "KILLED"]
+
+
 WRITER = textwrap.dedent(
     """
     import sys, torch
