@@ -39,17 +39,22 @@ from scripts.tracking import close_replaced_run
 RESUMABLE = ["--max_epochs", "4", "--val_interval", "2", "--checkpoint_interval", "2"]
 
 
+def kill_training_after_epoch(dataset_dir, output_dir, log_path, epoch):
+    """Start a resumable training and kill -9 it once it has logged the training loss of ``epoch``."""
+    process = start_training(dataset_dir, output_dir, log_path, *RESUMABLE)
+    try:
+        wait_for(lambda: has_logged_step(sqlite_uri(output_dir), "train_loss", epoch), process, f"epoch {epoch} logged")
+    finally:
+        process.kill()
+        process.wait()
+
+
 @pytest.mark.training
 def test_killed_training_resumes_into_same_run(dataset_dir, tmp_path):
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     run_training(dataset_dir, uninterrupted, *RESUMABLE)
 
-    process = start_training(dataset_dir, interrupted, tmp_path / "killed.log", *RESUMABLE)
-    try:
-        wait_for(lambda: has_logged_step(sqlite_uri(interrupted), "train_loss", 3), process, "epoch 3 was logged")
-    finally:
-        process.kill()
-        process.wait()
+    kill_training_after_epoch(dataset_dir, interrupted, tmp_path / "killed.log", 3)
     client, runs = training_runs(sqlite_uri(interrupted))
     killed_run_id = runs[0].info.run_id
     killed_checkpoint = load_checkpoint(interrupted / "models" / "checkpoint.pt")
@@ -83,12 +88,7 @@ def test_killed_training_resumes_into_same_run(dataset_dir, tmp_path):
 @pytest.mark.training
 def test_resume_never_marks_killed_training_run(dataset_dir, tmp_path):
     output_dir = tmp_path / "killed"
-    process = start_training(dataset_dir, output_dir, tmp_path / "killed.log", *RESUMABLE)
-    try:
-        wait_for(lambda: has_logged_step(sqlite_uri(output_dir), "train_loss", 1), process, "epoch 1 was logged")
-    finally:
-        process.kill()
-        process.wait()
+    kill_training_after_epoch(dataset_dir, output_dir, tmp_path / "killed.log", 1)
     _, (killed,) = training_runs(sqlite_uri(output_dir))
     assert killed.info.status == "RUNNING"
 
