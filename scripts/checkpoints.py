@@ -309,7 +309,7 @@ class TrainingCheckpoint:
     def _close_replaced_run(self, path: Path, checkpoint: Mapping[str, Any] | None = None) -> None:
         """Have the tracker end the MLflow run of the unfinished training in ``path`` that this training replaces.
 
-        A checkpoint that cannot be read is replaced without a word about its run.
+        A checkpoint that cannot be read is replaced, and its run is left as it is.
         """
         if self.tracker is None or not self.write:
             return

@@ -68,7 +68,7 @@ def close_replaced_run(state: Mapping[str, Any], reason: str, client: MlflowClie
     database = tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else None
     if database is not None and not Path(database).is_file():
         # MLflow would create an empty database there.
-        logger.warning("MLflow run %s of the replaced training is in %s, which does not exist.", run_id, tracking_uri)
+        logger.warning("MLflow run %s of the replaced training was not marked killed: %s not found.", run_id, database)
         return
     try:
         client = client or MlflowClient(tracking_uri=tracking_uri)
@@ -79,7 +79,7 @@ def close_replaced_run(state: Mapping[str, Any], reason: str, client: MlflowClie
         logger.info("MLflow run %s of the replaced training marked killed.", run_id)
     except (MlflowException, OSError) as error:
         logger.warning(
-            "MLflow run %s in %s of the replaced training could not be marked killed: %s", run_id, tracking_uri, error
+            "Marking MLflow run %s in %s of the replaced training killed failed: %s", run_id, tracking_uri, error
         )
 
 

@@ -289,7 +289,7 @@ def test_resume_never_ends_replaced_run(tmp_path):
     assert f"a new training overwrote its checkpoint {path} (epoch 1)" == tag
 
 
-def test_start_over_after_failed_first_epoch_ends_run(tmp_path):
+def test_failed_first_epoch_run_ends(tmp_path):
     path, uri = tmp_path / "checkpoint.pt", f"sqlite:///{tmp_path / 'mlflow.db'}"
     killed = RunStub(uri)
     with pytest.raises(ZeroDivisionError):
@@ -312,24 +312,24 @@ def test_resume_never_keeps_ended_run(tmp_path):
     assert "replaced" not in failed.client.get_run(failed.run_id).data.tags
 
 
-def test_unreachable_store_of_replaced_run_only_warns(tmp_path, caplog):
+def test_missing_store_only_warns(tmp_path, caplog):
     state = {"run_id": "0123", "tracking_uri": f"sqlite:///{tmp_path / 'missing' / 'mlflow.db'}"}
 
     close_replaced_run(state, "a new training")
 
-    assert "of the replaced training is in" in caplog.text
-    assert "which does not exist" in caplog.text
+    assert "of the replaced training was not marked killed" in caplog.text
+    assert "not found" in caplog.text
     assert not (tmp_path / "missing").exists()
 
 
-def test_replaced_run_not_in_store_only_warns(tmp_path, caplog):
+def test_unknown_run_only_warns(tmp_path, caplog):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     RunStub(uri)
 
     close_replaced_run({"run_id": "0123", "tracking_uri": uri}, "a new training")
 
     assert "MLflow run 0123 in" in caplog.text
-    assert "could not be marked killed" in caplog.text
+    assert "of the replaced training killed failed" in caplog.text
 
 
 def test_resume_auto_starts_over_after_finished_training(tmp_path):

@@ -564,12 +564,17 @@ def check_logits(logits: Tensor) -> None:
         )
 
 
+def is_real_number(value: Any) -> bool:
+    """Return whether ``value`` is a real number; booleans, although integers in Python, are not."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def require_real(name: str, value: Any) -> float:
     """Return ``value`` as a float, or raise ``ValueError`` naming the hyperparameter when it is not a real number.
 
     Booleans and strings (a YAML value in quotes, a command-line override) are rejected rather than converted.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real_number(value):
         raise ValueError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}.")
     return float(value)
 
@@ -585,9 +590,7 @@ def check_number(
         expected = f"{'>' if low_open else '>='} {low:g}"
     else:
         expected = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
-    number = None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
+    number = float(value) if is_real_number(value) else None
     if number is None or not math.isfinite(number) or number > high or number < low or (low_open and number == low):
         raise ValueError(f"{name} must be a finite number {expected}, got {value!r}.")
     return number
@@ -704,10 +707,10 @@ def _soft_target(target: Tensor, channels: int, ignore_index: int | None) -> tup
         if bool(off.any()):
             position = tuple(int(index) for index in off.nonzero()[0])
             sample, voxel = position[0], position[2:]
-            unlabelled = "" if ignore_index is not None else " (all zero marks an ignored voxel only with ignore_index)"
+            hint = "" if ignore_index is not None else " (all zero marks an ignored voxel only with ignore_index)"
             raise ValueError(
                 f"a one-hot or soft target must sum to 1 over its {channels} channels at every voxel, but it sums "
-                f"to {row_sum[position].item():.6g} in sample {sample} at voxel {voxel}{unlabelled}. Normalise the "
+                f"to {row_sum[position].item():.6g} in sample {sample} at voxel {voxel}{hint}. Normalise the "
                 "target over the channels, or pass class indices with one channel instead."
             )
         mask = None

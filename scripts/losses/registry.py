@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from .base import SegmentationLoss
+from .base import SegmentationLoss, is_real_number
 
 # The four families of Azad et al., "Loss Functions in the Era of Semantic Segmentation: A Survey and Outlook"
 # (arXiv:2312.05391), in the order the survey presents them.
@@ -116,16 +115,12 @@ def build_loss(name: str, **hyperparameters: Any) -> SegmentationLoss:
     for key, value in hyperparameters.items():
         default = accepted[key]
         # None stays allowed: some numeric options take it to switch a term off (focal's alpha).
-        if _is_number(default) and value is not None and not _is_number(value):
+        if is_real_number(default) and value is not None and not is_real_number(value):
             raise ValueError(
                 f"{key} of loss {name!r} must be a number (default {default}), got {value!r} of type "
                 f"{type(value).__name__}."
             )
     return spec.loss_class(**hyperparameters)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def describe_loss(loss: SegmentationLoss) -> dict[str, Any]:

@@ -268,7 +268,7 @@ def test_label_out_of_range_raises(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_soft_target_not_summing_to_one_raises(name):
+def test_soft_target_bad_sum_raises(name):
     shape = SHAPES["2d"]
     labels = blob_labels(shape, shape[1])
     target = one_hot(labels, shape[1])
