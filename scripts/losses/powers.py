@@ -44,7 +44,7 @@ def power_slope(base: Tensor, ratio: Tensor, exponent: float) -> Tensor:
     """Return the slope of the bounded power at ``base``, from the ``ratio`` of :func:`power_and_ratio`.
 
     That is ``e * x ** (e - 1)`` above the threshold and the chord's slope ``t ** (e - 1)`` below it. When no base
-    lies below the threshold, which one reduction decides, the select over every voxel is skipped; on a GPU that
+    lies below the threshold, which one reduction decides, the select over every voxel is skipped. On a GPU that
     reduction waits for the device.
     """
     if base.numel() > 0 and bool(base.amin() >= POWER_LINEAR_BELOW):
