@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import statistics
@@ -54,7 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .options import count
+from .options import as_bool, as_int, count
+
+logger = logging.getLogger(__name__)
 
 # Loss name -> builder(logits, labels) -> keyword arguments of the loss's forward() besides logits and target.
 EXTRA_INPUT_BUILDERS: dict[str, Callable[[Tensor, Tensor], dict[str, Any]]] = {}
@@ -193,23 +196,38 @@ def losses(
     """
     from .allocator import keep_freed_memory as keep_memory
 
-    allocator = "freed memory kept" if keep_memory(keep_freed_memory) else "default allocator"
+    repeats = as_int("repeats", repeats, minimum=1)
+    warmup = as_int("warmup", warmup, minimum=0)
+    seed = as_int("seed", seed, minimum=0)
+    markdown = as_bool("markdown", markdown)
     if threads is not None:
-        torch.set_num_threads(int(threads))
+        threads = as_int("threads", threads, minimum=1)
+    if timer not in TIMERS:
+        raise ValueError(f"timer must be one of {tuple(TIMERS)}, got {timer!r}.")
+    device_type = _device_type(device)
+    if timer == "cpu" and device_type != "cpu":
+        raise ValueError(f"timer='cpu' measures CPU time and cannot time {device}. Use timer='wall'.")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} is not available: this PyTorch build or machine has no CUDA device. Use --device=cpu."
+        )
     if isinstance(dims, str):
         dims = [part.strip() for part in dims.split(",") if part.strip()]
     shapes = {"2d": _check_shape("shape_2d", shape_2d, 2), "3d": _check_shape("shape_3d", shape_3d, 3)}
     unknown = [dim for dim in dims if dim not in shapes]
-    if unknown:
-        raise ValueError(f"dims must name 2d and/or 3d, got {unknown}.")
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
-    if timer not in TIMERS:
-        raise ValueError(f"timer must be one of {tuple(TIMERS)}, got {timer!r}.")
-    if timer == "cpu" and torch.device(device).type != "cpu":
-        raise ValueError(f"timer='cpu' measures CPU time and cannot time {device}. Use timer='wall'.")
-
+    if unknown or not dims:
+        raise ValueError(f"dims must name 2d and/or 3d, got {unknown or dims!r}.")
     specs = _selected_specs(names)
+
+    allocator = "freed memory kept" if keep_memory(keep_freed_memory) else "default allocator"
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if timer == "cpu" and torch.get_num_threads() > 1:
+        logger.warning(
+            "timer='cpu' adds up the CPU time of all %d threads, including threads that spin while they wait for "
+            "work, so the times depend on the machine's load. Pass --threads=1 for ratios that compare.",
+            torch.get_num_threads(),
+        )
     print(_header(device, repeats, warmup, timer, markdown, allocator))
     for dim in dims:
         rows, skipped, notes = run_shape(specs, shapes[dim], torch.device(device), repeats, warmup, seed, timer)
@@ -520,7 +538,23 @@ def _selected_specs(names: str | Sequence[str] | None) -> list:
         return list_losses()
     if isinstance(names, str):
         names = [name.strip() for name in names.split(",") if name.strip()]
+    if not names:
+        raise ValueError(
+            "names selects no loss. Give registered names separated by commas (--names=dice,tversky), or leave it "
+            "out to run every loss."
+        )
     return [get_loss_spec(name) for name in names]
+
+
+def _device_type(device: str) -> str:
+    """Return ``"cpu"`` or ``"cuda"`` for ``device``; raise ``ValueError`` for any other device string."""
+    try:
+        device_type = torch.device(device).type
+    except (RuntimeError, TypeError):
+        device_type = None
+    if device_type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or a CUDA device such as cuda:0, got {device!r}.")
+    return device_type
 
 
 def _processor_name() -> str:

@@ -22,6 +22,23 @@ def as_bool(name: str, value: Any) -> bool:
     raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
+def as_int(name: str, value: Any, minimum: int | None = None) -> int:
+    """Return an integer option, accepting a whole number given as a string, as a command line gives it.
+
+    Raises:
+        ValueError: for a value that is not a whole number (``2.5``, ``"abc"``, ``True``) or is below ``minimum``.
+    """
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    if number is None or (minimum is not None and number < minimum):
+        bound = "" if minimum is None else f" of at least {minimum}"
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}.")
+    return number
+
+
 def count(number: int, noun: str, plural: str | None = None) -> str:
     """Return ``1 epoch``, ``2 epochs``: the number with the noun in singular or plural (default ``noun + "s"``)."""
     return f"{number} {noun}" if number == 1 else f"{number} {plural or noun + 's'}"

@@ -46,7 +46,8 @@ def plot_learning_curves(history: Mapping[str, Sequence[tuple[int, float]]], pat
     dice_axis.set_title("validation Dice")
     dice_axis.grid(alpha=0.3)
     if dice_axis.lines:
-        dice_axis.legend(loc="lower right", fontsize="small")
+        # "best" keeps the legend off the curves, which lie low early in a training and high later.
+        dice_axis.legend(loc="best", fontsize="small")
 
     for axis in (loss_axis, dice_axis):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -31,6 +32,14 @@ def distance_map_loss(monkeypatch):
     spec = LossSpec(name="needs_distance_map", loss_class=NeedsDistanceMap, family="boundary", paper="test only")
     monkeypatch.setitem(_REGISTRY, spec.name, spec)
     return spec.name
+
+
+@pytest.fixture
+def restore_threads():
+    """Restore PyTorch's thread count, which the benchmark's ``threads`` option sets for the whole process."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def table_rows(output: str) -> list[str]:
@@ -104,7 +113,7 @@ def test_benchmark_inputs_have_balls_and_mostly_right_logits():
     assert (logits.argmax(dim=1, keepdim=True) == labels).float().mean() > 0.9
 
 
-def test_benchmark_cpu_timer(capsys):
+def test_benchmark_cpu_timer(capsys, restore_threads):
     losses(names="dice", dims="2d", timer="cpu", threads=1, **TINY)
     output = capsys.readouterr().out
 
@@ -122,11 +131,33 @@ def test_benchmark_cpu_timer(capsys):
         ({"shape_2d": (2, 1, 16, 16)}, r"shape_2d must give .*C >= 2.*got \(2, 1, 16, 16\)"),
         ({"shape_3d": (2, 3, 0, 8, 8)}, r"all positive"),
         ({"shape_2d": "2,3,a,8"}, r"shape_2d must give"),
+        ({"repeats": "abc"}, r"repeats must be an integer of at least 1, got 'abc'"),
+        ({"repeats": 2.5}, r"repeats must be an integer of at least 1, got 2.5"),
+        ({"warmup": -1}, r"warmup must be an integer of at least 0, got -1"),
+        ({"threads": 0}, r"threads must be an integer of at least 1, got 0"),
+        ({"seed": "abc"}, r"seed must be an integer of at least 0, got 'abc'"),
+        ({"markdown": 3}, r"markdown must be true or false, got 3"),
+        ({"device": "gpu"}, r"device must be cpu or a CUDA device such as cuda:0, got 'gpu'"),
+        ({"names": ""}, r"names selects no loss"),
+        ({"dims": ""}, r"dims must name 2d and/or 3d, got \[\]"),
     ],
 )
 def test_benchmark_invalid_options_raise(options, message):
     with pytest.raises(ValueError, match=message):
-        losses(names="dice", **{**TINY, **options})
+        losses(**{"names": "dice", **TINY, **options})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_benchmark_missing_cuda_device_raises():
+    with pytest.raises(ValueError, match=r"device 'cuda:0' is not available.*Use --device=cpu"):
+        losses(names="dice", device="cuda:0", **TINY)
+
+
+def test_benchmark_cpu_timer_with_threads_warns(caplog, restore_threads):
+    with caplog.at_level(logging.WARNING, logger="scripts.benchmark"):
+        losses(names="dice", dims="2d", timer="cpu", threads=2, **TINY)
+
+    assert "Pass --threads=1" in caplog.text
 
 
 def test_benchmark_command_line():
