@@ -52,13 +52,14 @@ class LovaszSoftmaxLoss(SegmentationLoss):
     value equals the loss on the remaining voxels, as if they were removed before sorting. If every voxel is
     ignored the loss is 0.
 
-    Large rows need no sort. With a 0/1 target in float32 and at least 2^15 voxels per row (a 64^3 volume, a
+    Large rows need no sort. With an index (0/1) target in float32 and at least 2^15 voxels per row (a 64^3 volume, a
     256^2 slice), the errors fall into 2^16 buckets of equal width, and the Lovász gradient follows from the
     number of target and other voxels in each bucket (:func:`binned_lovasz_chunk`). The buckets lower the value
     by at most 2^-16. On typical inputs the difference from the exact value is about 1e-8 either way, the size of
-    float32 rounding. Voxels in one bucket get one deterministic gradient. Smaller rows, soft targets and float64 are sorted: float32 on a key quantised to a step of 2^-19 or
-    finer (:func:`sort_errors`), float64 exactly. Either way the value carries the gradient through
-    :class:`_LovaszValue`, without the autograd passes of ``|p - t|``.
+    float32 rounding. Voxels in one bucket get one deterministic gradient. Smaller rows, soft targets and float64
+    are sorted: float32 on a key quantised to a step of 2^-19 or finer (:func:`sort_errors`), float64 exactly.
+    Either way the value carries the gradient through :class:`_LovaszValue`, without the autograd passes of
+    ``|p - t|``.
 
     Args:
         include_background: average over class 0 too (the paper's form) or over the foreground classes only.
