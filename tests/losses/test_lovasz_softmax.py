@@ -143,8 +143,8 @@ def test_lovasz_matches_reference_loop(shape, batch, classes, include_background
 @pytest.mark.parametrize("batch", [False, True])
 @pytest.mark.parametrize("target_form", ["index", "one_hot", "index_ignore", "absent_class"])
 def test_lovasz_chunked_rows_match_reference(target_form, batch):
-    # 9 rows of 36,000 voxels, 3 rows per chunk. Index targets take the binned path (2^15 voxels or more per row)
-    # and one-hot targets the sort.
+    # 9 rows of 36,000 voxels, 3 rows per chunk. Index and one-hot targets take the binned path (2^15 voxels or
+    # more per row); test_lovasz_chunked_soft_rows_match_exact_sort covers the sort.
     shape = (3, 3, 30, 40, 30)
     logits = make_logits(shape, dtype=torch.float64)
     labels = make_labels(shape, shape[1])
@@ -170,6 +170,25 @@ def test_lovasz_chunked_rows_match_reference(target_form, batch):
 
     torch.testing.assert_close(value.double(), expected.detach(), rtol=0, atol=1e-6)
     torch.testing.assert_close(fast_logits.grad.double(), reference_logits.grad, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_lovasz_chunked_soft_rows_match_exact_sort(batch):
+    # A soft target takes the sort in chunks of 3 rows in float32, and sorts float64 exactly.
+    shape = (3, 3, 30, 40, 30)
+    logits = make_logits(shape, dtype=torch.float64)
+    soft = 0.7 * one_hot(make_labels(shape, shape[1]), shape[1]).double() + 0.1
+    loss = build_loss("lovasz_softmax", reduction="none", batch=batch)
+    exact_logits = logits.clone().requires_grad_()
+    exact = loss(exact_logits, soft)
+    exact.sum().backward()
+
+    fast_logits = logits.float().requires_grad_()
+    value = loss(fast_logits, soft.float())
+    value.sum().backward()
+
+    torch.testing.assert_close(value.double(), exact.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast_logits.grad.double(), exact_logits.grad, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -241,15 +260,27 @@ def test_lovasz_batch_pools_the_voxels():
 
 
 def test_lovasz_soft_target_matches_reference_loop():
-    # A soft target uses the gather path of the sort; a one-hot target given as floats must agree with indices.
+    # A soft target takes the sort with the target gathered in sorted order, and the sign of p - t at each voxel.
     shape = (2, 3, 6, 5, 4)
     logits = make_logits(shape)
     labels = make_labels(shape, shape[1])
-    expected = reference_lovasz(torch.softmax(logits.double(), 1), labels)
+    soft = 0.7 * one_hot(labels, shape[1]).double() + 0.1
+    probs = torch.softmax(logits.double(), 1).flatten(2)
+    expected = []
+    for sample_probs, sample_target in zip(probs, soft.flatten(2)):
+        errors = (sample_target - sample_probs).abs()
+        order = errors.sort(dim=1, descending=True).indices
+        rows = [
+            torch.dot(errors[c][order[c]], jaccard_differences(sample_target[c][order[c]])) for c in range(shape[1])
+        ]
+        expected.append(torch.stack(rows).mean())
 
-    value = build_loss("lovasz_softmax", reduction="none")(logits, one_hot(labels, shape[1]))
+    value = build_loss("lovasz_softmax", reduction="none")(logits, soft.float())
+    index_value = build_loss("lovasz_softmax", reduction="none")(logits, labels)
+    one_hot_value = build_loss("lovasz_softmax", reduction="none")(logits, one_hot(labels, shape[1]).float())
 
-    torch.testing.assert_close(value.double(), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(value.double(), torch.stack(expected), rtol=0, atol=1e-6)
+    torch.testing.assert_close(one_hot_value, index_value, rtol=0, atol=1e-7)
 
 
 def test_lovasz_perfect_prediction_is_zero():
@@ -277,6 +308,16 @@ def binned_lovasz(errors: torch.Tensor, target: torch.Tensor, mask=None) -> tupl
     slope = torch.empty_like(difference)
     binned_lovasz_chunk(difference, target.float(), mask, slope)
     return torch.linalg.vecdot(difference, slope), slope
+
+
+def test_lovasz_one_hot_floats_take_binned_path():
+    # 40,960 voxels per row: a float one-hot target is recognised as 0/1 and counted like class indices.
+    shape = (2, 3, 32, 32, 40)
+    logits = make_logits(shape)
+    labels = blob_labels(shape, shape[1])
+    loss = build_loss("lovasz_softmax", reduction="none")
+
+    assert torch.equal(loss(logits, one_hot(labels, 3).float()), loss(logits, labels))
 
 
 def test_binned_lovasz_lies_below_exact_within_one_bucket():

@@ -52,11 +52,11 @@ class LovaszSoftmaxLoss(SegmentationLoss):
     value equals the loss on the remaining voxels, as if they were removed before sorting. If every voxel is
     ignored the loss is 0.
 
-    Large rows need no sort. With an index (0/1) target in float32 and at least 2^15 voxels per row (a 64^3 volume, a
-    256^2 slice), the errors fall into 2^16 buckets of equal width, and the Lovász gradient follows from the
-    number of target and other voxels in each bucket (:func:`binned_lovasz_chunk`). The buckets lower the value
-    by at most 2^-16. On typical inputs the difference from the exact value is about 1e-8 either way, the size of
-    float32 rounding. Voxels in one bucket get one deterministic gradient. Smaller rows, soft targets and float64
+    Large rows need no sort. With a 0/1 target (indices or one-hot) in float32 and at least 2^15 voxels per row (a
+    64^3 volume, a 256^2 slice), the errors fall into 2^16 buckets of equal width, and the Lovász gradient follows
+    from the number of target and other voxels in each bucket (:func:`binned_lovasz_chunk`). The buckets lower the
+    value by at most 2^-16. On typical inputs the difference from the exact value is about 1e-8 either way, the size
+    of float32 rounding. Voxels in one bucket get one deterministic gradient. Smaller rows, soft targets and float64
     are sorted: float32 on a key quantised to a step of 2^-19 or finer (:func:`sort_errors`), float64 exactly.
     Either way the value carries the gradient through :class:`_LovaszValue`, without the autograd passes of
     ``|p - t|``.
@@ -117,12 +117,13 @@ class LovaszSoftmaxLoss(SegmentationLoss):
             return value.reshape(batch_size * num_region, -1)
 
         probs = as_rows(probs)
+        target = as_rows(target)
+        # A one-hot target given as floats is as hard as class indices. Its values lie in [0, 1], so rounding
+        # changes none of them exactly when each is 0 or 1.
+        hard_target = inputs.has_index_target or torch.equal(target, target.round())
         with torch.no_grad():
             value, slope, target_size = lovasz_terms(
-                probs.detach(),
-                as_rows(target),
-                None if mask is None else as_rows(mask),
-                hard_target=inputs.has_index_target,
+                probs.detach(), target, None if mask is None else as_rows(mask), hard_target=hard_target
             )
         region_loss = _LovaszValue.apply(probs, value, slope).view(-1, num_region)
 
