@@ -138,6 +138,7 @@ def test_active_boundary_threshold_matches_official_loop():
         (torch.rand(500, generator=generator) * 1e-3, 0),
         (torch.zeros(50), 1),
         (torch.rand(20, generator=generator), 30),
+        (torch.rand(40, generator=generator), 30),
     ]:
         threshold = 1e-5
         while (values > threshold).sum() > budget:
