@@ -26,7 +26,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import fire
 import nibabel as nib
 import numpy as np
 import torch
@@ -34,7 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import BUNDLE_ROOT
+from .cli import run_commands
 from .losses.boundary.inverse_form import DEFAULT_CHECKPOINT, InverseFormNet, resolve_checkpoint, save_inverse_form_net
+from .options import as_int
 from .transforms.boundary import label_boundary
 
 logger = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ def train(
     _check_options(
         epochs, samples_per_epoch, batch_size, learning_rate, validation_fraction, validation_samples, max_cases
     )
+    seed = as_int("seed", seed)
     ranges = TransformRanges()
     ranges.validate()
     torch.manual_seed(seed)
@@ -368,13 +370,9 @@ def _check_options(
 
 
 def main() -> None:
+    # Timestamps on the epoch lines; run_commands's own logging setup then leaves this one in place.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        fire.Fire({"train": train})
-    except ValueError as error:
-        # Invalid options and unreadable datasets: the message names the fix, so a traceback adds nothing.
-        logger.error("%s", error)
-        raise SystemExit(2) from error
+    run_commands({"train": train})
 
 
 if __name__ == "__main__":

@@ -152,12 +152,25 @@ EXPECTED_FOLD_0_START = ["hippocampus_019", "hippocampus_094", "hippocampus_327"
 
 
 @pytest.mark.parametrize(
-    ("fold", "num_folds", "message"), [(5, 5, "fold must lie"), (-1, 5, "fold must"), (0, 1, "at least 2")]
+    ("fold", "num_folds", "message"),
+    [
+        (5, 5, "fold must lie"),
+        (-1, 5, "fold must"),
+        (0, 1, "num_folds must be an integer of at least 2, got 1"),
+        (2.5, 5, "fold must be an integer, got 2.5"),
+        ("abc", 5, "fold must be an integer, got 'abc'"),
+    ],
 )
 def test_split_rejects_bad_folds(fold, num_folds, message):
     cases = [{"case_id": f"case_{index}"} for index in range(10)]
     with pytest.raises(ValueError, match=message):
         fold_split(cases, fold, num_folds=num_folds)
+
+
+def test_split_rejects_text_seed():
+    cases = [{"case_id": f"case_{index}"} for index in range(10)]
+    with pytest.raises(ValueError, match="seed must be an integer, got 'abc'"):
+        fold_split(cases, 0, seed="abc")
 
 
 def test_prepare_split_writes_split_json(dataset_dir, tmp_path):

@@ -152,6 +152,7 @@ def test_overlay_of_unregistered_loss_raises(task_dir, tmp_path):
         ({"reference": "combo"}, "reference loss 'combo' is not among"),
         ({"overrides": {"seed": 3}}, "overrides may not set seed"),
         ({"losses": "dice,dice"}, "named twice"),
+        ({"num_folds": "abc"}, "num_folds must be an integer of at least 2, got 'abc'"),
     ],
 )
 def test_invalid_options_raise(task_dir, options, message):
@@ -280,6 +281,7 @@ def test_unreachable_tracking_server_names_uri():
     [
         (["--losses", "dice,nosuch"], "error: unknown loss 'nosuch'"),
         (["--shard", "3/2"], "error: invalid shard '3/2'"),
+        (["--retry_failed", "maybe"], "error: retry_failed must be true or false, got 'maybe'"),
         (["--dataset_dir", "{missing}"], "Check --dataset_dir, or download the task"),
         (["--tracking_uri", "http://127.0.0.1:{port}"], "is unreachable"),
     ],

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
-from ..options import as_bool, count
+from ..options import as_bool, as_int, count
 from .check import DataCheckReport, check_dataset
 from .datalist import load_datalist, read_dataset_json
 
@@ -24,10 +24,13 @@ def fold_split(cases: list[dict[str, Any]], fold: int, num_folds: int = 5, seed:
     round-robin into ``num_folds`` folds of sizes differing by at most one; fold ``fold`` is the validation set.
 
     Raises:
-        ValueError: for ``num_folds < 2``, a fold outside ``[0, num_folds)``, or fewer cases than folds.
+        ValueError: for a fold, fold count or seed that is not an integer, ``num_folds < 2``, a fold outside
+            ``[0, num_folds)``, or fewer cases than folds.
     """
-    if num_folds < 2:
-        raise ValueError(f"num_folds must be at least 2, got {num_folds}.")
+    num_folds = as_int("num_folds", num_folds, minimum=2)
+    fold = as_int("fold", fold)
+    # Any integer seeds the hash, but a text seed would be taken as is and split the cases silently.
+    seed = as_int("seed", seed)
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must lie in [0, {num_folds - 1}], got {fold}.")
     if len(cases) < num_folds:

@@ -16,6 +16,7 @@ import yaml
 from .. import BUNDLE_ROOT
 from ..data import read_dataset_json
 from ..losses import get_loss_spec, list_losses
+from ..options import as_int
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +184,7 @@ class StudySettings:
                 "pass --reference with one of them."
             )
 
-        if num_folds < 2:
-            raise ValueError(f"num_folds must be at least 2, got {num_folds}.")
+        num_folds = as_int("num_folds", num_folds, minimum=2)
         seed_list = _integers(seeds, "seeds") if seeds is not None else chosen.seeds
         fold_list = _integers(folds, "folds") if folds is not None else chosen.folds
         for seed in seed_list:

@@ -13,6 +13,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 
 from .. import BUNDLE_ROOT
+from ..options import as_bool
 from ..options import count as plural
 from ..tracking import sqlite_tracking_uri
 from .report import collect, write_report
@@ -80,6 +81,7 @@ def run(
         experiment_name: MLflow experiment of the study.
     """
     index, count = parse_shard(shard)
+    retry_failed = as_bool("retry_failed", retry_failed)
     settings = StudySettings.create(
         preset=preset,
         losses=losses,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from loss_cases import INVERSE_FORM_TEST_CHECKPOINT, blob_labels, make_logits
 
+from scripts import BUNDLE_ROOT
 from scripts.losses import build_loss
 from scripts.losses.boundary.inverse_form import (
     InverseFormNet,
@@ -295,6 +298,7 @@ def test_training_command_writes_checkpoint_and_mlflow_run(dataset_dir, tmp_path
         ({"max_cases": 1}, "max_cases must be an integer of at least 2"),
         ({"tile_size": 12}, "tile_size must be a positive multiple of 8"),
         ({"validation_fraction": 1.0}, r"validation_fraction must lie in \[0, 1\)"),
+        ({"seed": "abc"}, "seed must be an integer, got 'abc'"),
     ],
 )
 def test_training_command_invalid_options_raise(tmp_path, options, message):
@@ -317,3 +321,12 @@ def test_training_command_folder_without_manifest(tmp_path):
 
     with pytest.raises(ValueError, match="dataset.json is missing"):
         train(dataset_dir=str(tmp_path), output=str(tmp_path / "net.pt"))
+
+
+def test_training_command_unknown_option_runs_nothing(tmp_path):
+    command = [sys.executable, "-m", "scripts.inverse_form", "train", "--dataset_dir", str(tmp_path), "--epochss=3"]
+    result = subprocess.run(command, cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 2
+    assert "error: 'train' has no option --epochss (did you mean --epochs?)" in result.stderr
+    assert "Traceback" not in result.stderr
