@@ -312,6 +312,9 @@ def replay(path: str, tracking_uri: str | None = None) -> str:
         path: the file, e.g. ``outputs/mlflow_unsent.jsonl``.
         tracking_uri: send to this URI instead of the one each call was recorded for (after the server moved).
     """
+    if not Path(path).is_file():
+        # Not an error: the file is removed once every call in it has been sent.
+        return f"{path} not found, so there are no MLflow calls to send (the file is removed once all are sent)."
     records = read_unsent(path)
     if not records:
         return f"{path} has no MLflow calls to send."

@@ -306,3 +306,12 @@ def test_server_lost_before_run_starts_names_uri(tmp_path):
 
     assert f"MLflow tracking at {uri} stopped responding before training started" in str(raised.value)
     assert "--tracking_fallback true" in str(raised.value)
+
+
+def test_replay_of_missing_file_says_not_found(tmp_path):
+    from scripts.tracking_buffer import replay
+
+    message = replay(str(tmp_path / "mlflow_unsent.jsonl"))
+
+    assert message.startswith(f"{tmp_path / 'mlflow_unsent.jsonl'} not found")
+    assert "no MLflow calls to send" in message
