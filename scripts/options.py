@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -22,8 +24,10 @@ def as_bool(name: str, value: Any) -> bool:
     raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
-def as_int(name: str, value: Any, minimum: int | None = None) -> int:
+def as_int(name: str, value: Any, minimum: int | None = None, allow_text: bool = True) -> int:
     """Return an integer option, accepting a whole number given as a string, as a command line gives it.
+
+    ``allow_text=False`` rejects strings too, for a value that is passed on unconverted.
 
     Raises:
         ValueError: for a value that is not a whole number (``2.5``, ``"abc"``, ``True``) or is below ``minimum``.
@@ -31,12 +35,37 @@ def as_int(name: str, value: Any, minimum: int | None = None) -> int:
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    elif allow_text and isinstance(value, str) and value.strip().lstrip("+-").isdigit():
         number = int(value.strip())
     if number is None or (minimum is not None and number < minimum):
         bound = "" if minimum is None else f" of at least {minimum}"
         raise ValueError(f"{name} must be an integer{bound}, got {value!r}.")
     return number
+
+
+def check_settings(
+    integers: Mapping[str, tuple[Any, int]] | None = None,
+    positive_numbers: Mapping[str, Any] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> None:
+    """Check a config's settings by kind, so that a wrong value stops the run with its name before anything runs.
+
+    Args:
+        integers: name to ``(value, minimum)``; the value must be an int, not text, because the config passes it on
+            unconverted.
+        positive_numbers: name to value, a finite number above 0.
+        flags: name to value, true or false as :func:`as_bool` reads them.
+
+    Raises:
+        ValueError: naming the first setting of a wrong kind or out of range, and its value.
+    """
+    for name, (value, minimum) in (integers or {}).items():
+        as_int(name, value, minimum, allow_text=False)
+    for name, value in (positive_numbers or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    for name, value in (flags or {}).items():
+        as_bool(name, value)
 
 
 def count(number: int, noun: str, plural: str | None = None) -> str:

@@ -6,10 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from monai.bundle import ConfigParser
 
 from scripts import BUNDLE_ROOT
 from scripts.cli import check_command_line_settings, innermost_cause, show_root_cause_last, unknown_option_message
-from scripts.options import count
+from scripts.options import check_settings, count
 
 
 def chained_error() -> RuntimeError:
@@ -174,3 +175,47 @@ def test_count_uses_singular_and_plural():
     assert count(2, "problem") == "2 problems"
     assert count(1, "loss", "losses") == "1 loss"
     assert count(3, "loss", "losses") == "3 losses"
+
+
+def train_config(**settings) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(f"{BUNDLE_ROOT}/configs/train.yaml")
+    for key, value in settings.items():
+        parser[key] = value
+    return parser
+
+
+def test_training_settings_defaults_pass():
+    assert train_config().get_parsed_content("settings_check") is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("seed", "abc", "seed must be an integer of at least 0, got 'abc'"),
+        ("max_epochs", "3", "max_epochs must be an integer of at least 1, got '3'"),
+        ("fold", 2.5, "fold must be an integer of at least 0, got 2.5"),
+        ("learning_rate", "abc", "learning_rate must be a positive number, got 'abc'"),
+        ("learning_rate", float("nan"), "learning_rate must be a positive number, got nan"),
+        ("amp", "maybe", "amp must be true or false, got 'maybe'"),
+    ],
+)
+def test_training_settings_wrong_kind_named(setting, value, message):
+    # MONAI wraps the error of a config expression in a RuntimeError; the run prints the innermost cause last.
+    with pytest.raises(RuntimeError) as caught:
+        train_config(**{setting: value}).get_parsed_content("settings_check")
+
+    cause = innermost_cause(caught.value)
+    assert isinstance(cause, ValueError)
+    assert message in str(cause)
+
+
+def test_amp_text_flag_is_read_as_bool():
+    parser = train_config(amp="false")
+
+    assert parser.get_parsed_content("trainer#amp") is False
+    assert parser.get_parsed_content("evaluator#amp") is False
+
+
+def test_check_settings_accepts_valid_values():
+    check_settings(integers={"seed": (3, 0)}, positive_numbers={"learning_rate": 1e-3}, flags={"amp": "true"})
