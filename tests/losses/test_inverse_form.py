@@ -56,6 +56,15 @@ def test_cut_tiles_2d_is_one_slice_volume():
     assert tiles[0, 0, 1:].sum() == 0
 
 
+def test_cut_tiles_2d_four_tiles_of_four():
+    # An 8 x 8 map gives 4 tiles of 4 x 4, shape (1, 4, 4, 4) like one cube, and they must still become cubes.
+    tiles = cut_tiles(torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8), 4)
+
+    assert tiles.shape == (1, 4, 4, 4, 4)
+    assert tiles[0, 1, 0, 0, 0] == 4
+    assert tiles[0, :, 1:].abs().sum() == 0
+
+
 def test_checkpoint_round_trip_weights_only(tmp_path):
     net = InverseFormNet(tile_size=8, channels=(4, 8, 8), hidden=16)
     path = save_inverse_form_net(net, tmp_path / "net.pt", {"note": "test"})
@@ -156,6 +165,28 @@ def test_inverse_form_term_is_mean_tile_norm():
     # 20 x 10 x 9 pads to 32 x 16 x 16: two tiles along the first axis; both hold boundary voxels here.
     assert int(selected.sum()) == 2
     assert value.item() == pytest.approx(norms.mean().item(), rel=1e-5)
+
+
+def test_inverse_form_2d_term_is_mean_tile_norm():
+    # In 2D the loss cuts square tiles and makes cubes of the selected ones only. The value must equal the mean
+    # norm over the cubes of every tile with boundary.
+    shape = (2, 3, 40, 36)
+    labels = blob_labels(shape, 3)
+    logits = make_logits(shape)
+    extras = example_extra_inputs(logits, labels)
+    loss = build(cross_entropy_weight=0.0, boundary_weight=0.0, inverse_form_weight=1.0)
+
+    value = loss(logits, labels, **extras)
+
+    net = load_inverse_form_net(INVERSE_FORM_TEST_CHECKPOINT)
+    expected = []
+    for sample in range(shape[0]):
+        predicted = cut_tiles(torch.sigmoid(extras["boundary_logits"].detach()), 16)[sample]
+        reference = cut_tiles(extras["boundary"], 16)[sample]
+        selected = reference.flatten(1).amax(1) > 0
+        with torch.no_grad():
+            expected.append(net(predicted[selected, None], reference[selected, None]).norm(dim=1).mean())
+    assert value.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
 
 
 def test_inverse_form_gradient_reaches_head_not_net():
