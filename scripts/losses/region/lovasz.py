@@ -264,9 +264,9 @@ def binned_lovasz_chunk(difference: Tensor, target: Tensor, mask: Tensor | None,
     gradients averaged, which is a mean of such orders. The extension is the largest value over all orders,
     because the greedy order is optimal for a submodular loss. Each bucket's gradients also have the same sum in
     any order. So the value lies below the exact one by at most one bucket width times the row's Jaccard loss,
-    which is at most 2^-16.
-    On this project's benchmark inputs the difference is about 1e-8, the size of float32 rounding. Ties get one
-    deterministic gradient. Masked voxels count in no bucket and get gradient 0, exactly as if they were removed.
+    which is at most 2^-16. On this project's benchmark inputs the difference is about 1e-8 either way, the size
+    of float32 rounding. Ties get one deterministic gradient. Masked voxels count in no bucket and get gradient 0,
+    exactly as if they were removed.
     """
     rows, size = difference.shape
     buckets = 2**BUCKET_BITS
@@ -312,8 +312,8 @@ def sorted_lovasz_chunk(
     """Fill ``slope`` with the Lovász gradient of the rows from their sorted errors; return the target sizes.
 
     ``difference`` is ``p - t`` (0 at masked voxels), ``slope`` is written in place, and ``positions`` is
-    ``arange(N + 1)`` in the rows' dtype. Used for soft targets and for 0/1 targets in float64 (gradient checks),
-    which are sorted exactly.
+    ``arange(N + 1)`` in the rows' dtype. Used for soft targets, for rows of fewer than 2^15 voxels, and for float64
+    (gradient checks), which is sorted exactly.
     """
     order, target_sorted = sort_errors(difference.abs(), target)
     # With a 0/1 target, sign(p - t) is -1 on the target's voxels and +1 elsewhere.
