@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ def as_int(name: str, value: Any, minimum: int | None = None, allow_text: bool =
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif allow_text and isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    elif allow_text and isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
         number = int(value.strip())
     if number is None or (minimum is not None and number < minimum):
         bound = "" if minimum is None else f" of at least {minimum}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from monai.bundle import ConfigParser
 
 from scripts import BUNDLE_ROOT
 from scripts.cli import check_command_line_settings, innermost_cause, show_root_cause_last, unknown_option_message
-from scripts.options import check_settings, count
+from scripts.options import as_int, check_settings, count
 
 
 def chained_error() -> RuntimeError:
@@ -219,3 +220,21 @@ def test_amp_text_flag_is_read_as_bool():
 
 def test_check_settings_accepts_valid_values():
     check_settings(integers={"seed": (3, 0)}, positive_numbers={"learning_rate": 1e-3}, flags={"amp": "true"})
+
+
+@pytest.mark.parametrize(("value", "expected"), [(3, 3), ("4", 4), (" -2 ", -2), ("+5", 5)])
+def test_as_int_reads_whole_numbers(value, expected):
+    assert as_int("x", value) == expected
+
+
+@pytest.mark.parametrize("value", ["+-3", "--3", "3.0", "", "abc", 2.5, True, None])
+def test_as_int_rejects_other_values(value):
+    with pytest.raises(ValueError, match=f"x must be an integer, got {re.escape(repr(value))}"):
+        as_int("x", value)
+
+
+def test_as_int_minimum_and_text():
+    with pytest.raises(ValueError, match="x must be an integer of at least 1, got 0"):
+        as_int("x", 0, minimum=1)
+    with pytest.raises(ValueError, match="x must be an integer, got '3'"):
+        as_int("x", "3", allow_text=False)
