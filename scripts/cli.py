@@ -77,8 +77,8 @@ def show_root_cause_last() -> None:
     MONAI's config reader wraps an error raised while it builds a component (an invalid loss option, a missing
     dataset file) in ``RuntimeError: Failed to instantiate component ...``, and Python prints that wrapper last, far
     below the message that describes the problem. After this call an uncaught exception prints its traceback as
-    before, followed by one line ``error: <message of the innermost exception>``. The bundle's configs call it
-    first in their ``run`` section; calling it again changes nothing.
+    before, followed by one line ``error: <message of the root cause>`` (:func:`root_cause`). The bundle's configs
+    call it first in their ``run`` section; calling it again changes nothing.
     """
     previous = sys.excepthook
     if getattr(previous, "shows_root_cause", False):
@@ -86,7 +86,7 @@ def show_root_cause_last() -> None:
 
     def hook(kind, error, traceback) -> None:
         previous(kind, error, traceback)
-        root = innermost_cause(error)
+        root = root_cause(error)
         if root is not error:
             print(f"error: {str(root) or type(root).__name__}", file=sys.stderr)
 
@@ -94,13 +94,38 @@ def show_root_cause_last() -> None:
     sys.excepthook = hook
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """Return the innermost exception of ``error``'s chain that the bundle's own code raised, else the innermost one.
+
+    The bundle wraps a library's error in a message with the file, the value and what to do (``raise ... from``), so
+    its message says more than the library's ``Connection refused`` or JSON position beneath it.
+    """
+    chain = [error]
+    while (cause := innermost_step(chain[-1])) is not None and all(cause is not seen for seen in chain):
+        chain.append(cause)
+    package = str(Path(__file__).resolve().parent)
+    for candidate in reversed(chain):
+        frame = candidate.__traceback__
+        while frame is not None and frame.tb_next is not None:
+            frame = frame.tb_next
+        if frame is not None and str(Path(frame.tb_frame.f_code.co_filename).resolve()).startswith(package):
+            return candidate
+    return chain[-1]
+
+
+def innermost_step(error: BaseException) -> BaseException | None:
+    """Return the exception that ``error`` was raised from, or during, or ``None``."""
+    cause = error.__cause__
+    if cause is None and not error.__suppress_context__:
+        cause = error.__context__
+    return cause
+
+
 def innermost_cause(error: BaseException) -> BaseException:
     """Return the exception at the start of ``error``'s chain of causes (``raise ... from``) and contexts."""
     seen = {id(error)}
     while True:
-        cause = error.__cause__
-        if cause is None and not error.__suppress_context__:
-            cause = error.__context__
+        cause = innermost_step(error)
         if cause is None or id(cause) in seen:
             return error
         seen.add(id(cause))

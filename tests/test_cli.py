@@ -10,7 +10,13 @@ import pytest
 from monai.bundle import ConfigParser
 
 from scripts import BUNDLE_ROOT
-from scripts.cli import check_command_line_settings, innermost_cause, show_root_cause_last, unknown_option_message
+from scripts.cli import (
+    check_command_line_settings,
+    innermost_cause,
+    root_cause,
+    show_root_cause_last,
+    unknown_option_message,
+)
 from scripts.options import as_int, check_settings, count
 
 
@@ -218,6 +224,12 @@ def test_amp_text_flag_is_read_as_bool():
     assert parser.get_parsed_content("evaluator#amp") is False
 
 
+def test_amp_only_on_cuda():
+    parser = train_config(amp=True, device="$torch.device('cpu')")
+
+    assert parser.get_parsed_content("trainer#amp") is False
+
+
 def test_check_settings_accepts_valid_values():
     check_settings(integers={"seed": (3, 0)}, positive_numbers={"learning_rate": 1e-3}, flags={"amp": "true"})
 
@@ -238,3 +250,26 @@ def test_as_int_minimum_and_text():
         as_int("x", 0, minimum=1)
     with pytest.raises(ValueError, match="x must be an integer, got '3'"):
         as_int("x", "3", allow_text=False)
+
+
+def test_root_cause_prefers_the_bundle_message(tmp_path):
+    # The bundle's ValueError names the file and the fix; the JSON error beneath it gives only a position.
+    from scripts.data import read_dataset_json
+
+    (tmp_path / "dataset.json").write_text("{bad")
+    try:
+        try:
+            read_dataset_json(tmp_path)
+        except ValueError as error:
+            raise RuntimeError("Failed to instantiate component 'split'") from error
+    except RuntimeError as error:
+        wrapped = error
+
+    assert "dataset.json is not valid JSON" in str(root_cause(wrapped))
+    assert "dataset.json" not in str(innermost_cause(wrapped))
+
+
+def test_root_cause_without_bundle_frames_is_innermost():
+    error = chained_error()
+
+    assert root_cause(error) is innermost_cause(error)

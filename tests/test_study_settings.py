@@ -153,6 +153,7 @@ def test_overlay_of_unregistered_loss_raises(task_dir, tmp_path):
         ({"overrides": {"seed": 3}}, "overrides may not set seed"),
         ({"losses": "dice,dice"}, "named twice"),
         ({"num_folds": "abc"}, "num_folds must be an integer of at least 2, got 'abc'"),
+        ({"overrides": {"max_epoch": 3}}, "overrides name settings that configs/train.yaml does not define: max_epoch"),
     ],
 )
 def test_invalid_options_raise(task_dir, options, message):

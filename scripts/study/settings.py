@@ -205,6 +205,14 @@ class StudySettings:
         overrides = dict(overrides or {})
         if not isinstance(overrides, dict):
             raise ValueError(f"overrides must be a mapping of config keys to values, got {overrides!r}.")
+        # The runs read their settings from an args file, which the command-line check does not read, so a mistyped key
+        # would be ignored. Only the part before the first '#' is checked, because the loss checks its own options.
+        unknown = sorted(key for key in overrides if key.split("#")[0] not in defaults)
+        if unknown:
+            raise ValueError(
+                f"overrides name settings that configs/train.yaml does not define: {', '.join(unknown)}. Check "
+                "their spelling against the top of configs/train.yaml."
+            )
         clashing = sorted(key for key in overrides if key.split("#")[0] in STUDY_KEYS)
         if clashing:
             raise ValueError(
