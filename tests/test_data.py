@@ -213,6 +213,15 @@ def test_inference_datalist_errors(tmp_path):
         inference_datalist(datalist=tmp_path / "list.json")
 
 
+def test_inference_datalist_rejects_shared_output_names(tmp_path):
+    (tmp_path / "case_1.nii").write_bytes(b"")
+    (tmp_path / "case_1.nii.gz").write_bytes(b"")
+    (tmp_path / "case_2.nii.gz").write_bytes(b"")
+
+    with pytest.raises(ValueError, match=r"2 images share the name 'case_1' .*case_1_seg.nii.gz. Rename or remove"):
+        inference_datalist(input_dir=tmp_path)
+
+
 def preprocessing(dataset_dir: Path, reader: str = "NibabelReader"):
     parser = ConfigParser()
     parser.read_config(f"{BUNDLE_ROOT}/configs/train.yaml")

@@ -172,4 +172,25 @@ def inference_datalist(input_dir: str | Path | None = None, datalist: str | Path
     for image in images:
         if not image.is_file():
             raise FileNotFoundError(f"image {image} not found; fix the datalist or restore the file.")
+    _check_distinct_names(images)
     return [{"image": str(image)} for image in images]
+
+
+def _check_distinct_names(images: list[Path]) -> None:
+    """Raise ``ValueError`` when two images share a name without suffix, which would write one output file.
+
+    The segmentation of ``case.nii`` and of ``case.nii.gz``, or of two ``case.nii.gz`` in different folders, would
+    both be saved as ``case_seg.nii.gz``, and the second would overwrite the first.
+    """
+    by_name: dict[str, list[Path]] = {}
+    for image in images:
+        suffix = next((suffix for suffix in IMAGE_SUFFIXES if image.name.endswith(suffix)), image.suffix)
+        by_name.setdefault(image.name[: len(image.name) - len(suffix)], []).append(image)
+    shared = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    if shared:
+        name, paths = next(iter(shared.items()))
+        raise ValueError(
+            f"{len(paths)} images share the name {name!r} ({', '.join(map(str, paths))}), so their segmentations "
+            f"would overwrite each other in one file {name}_seg.nii.gz. Rename or remove all but one"
+            + (f"; {len(shared) - 1} more names are shared too." if len(shared) > 1 else ".")
+        )
