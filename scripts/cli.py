@@ -100,9 +100,7 @@ def root_cause(error: BaseException) -> BaseException:
     The bundle wraps a library's error in a message with the file, the value and what to do (``raise ... from``), so
     its message says more than the library's ``Connection refused`` or JSON position beneath it.
     """
-    chain = [error]
-    while (cause := innermost_step(chain[-1])) is not None and all(cause is not seen for seen in chain):
-        chain.append(cause)
+    chain = cause_chain(error)
     package = str(Path(__file__).resolve().parent)
     for candidate in reversed(chain):
         frame = candidate.__traceback__
@@ -113,23 +111,23 @@ def root_cause(error: BaseException) -> BaseException:
     return chain[-1]
 
 
-def innermost_step(error: BaseException) -> BaseException | None:
-    """Return the exception that ``error`` was raised from, or during, or ``None``."""
-    cause = error.__cause__
-    if cause is None and not error.__suppress_context__:
-        cause = error.__context__
-    return cause
-
-
 def innermost_cause(error: BaseException) -> BaseException:
     """Return the exception at the start of ``error``'s chain of causes (``raise ... from``) and contexts."""
+    return cause_chain(error)[-1]
+
+
+def cause_chain(error: BaseException) -> list[BaseException]:
+    """Return ``error`` and the exceptions it was raised from, or during, outermost first; a cycle ends the list."""
+    chain = [error]
     seen = {id(error)}
     while True:
-        cause = innermost_step(error)
+        cause = chain[-1].__cause__
+        if cause is None and not chain[-1].__suppress_context__:
+            cause = chain[-1].__context__
         if cause is None or id(cause) in seen:
-            return error
+            return chain
         seen.add(id(cause))
-        error = cause
+        chain.append(cause)
 
 
 def check_command_line_settings(argv: Sequence[str] | None = None) -> None:

@@ -227,10 +227,10 @@ def lovasz_terms(
     positions = None if binned else torch.arange(size + 1, dtype=probs.dtype, device=probs.device)
     for start in range(0, rows, rows_per_chunk):
         chunk = slice(start, min(start + rows_per_chunk, rows))
-        difference = probs[chunk] - target[chunk]
-        if mask is not None:
-            difference.mul_(mask[chunk])
         chunk_mask = None if mask is None else mask[chunk]
+        difference = probs[chunk] - target[chunk]
+        if chunk_mask is not None:
+            difference.mul_(chunk_mask)
         if binned:
             target_size[chunk] = binned_lovasz_chunk(difference, target[chunk], chunk_mask, slope[chunk])
         else:
