@@ -171,7 +171,7 @@ def check_command_line_settings(argv: Sequence[str] | None = None) -> None:
     if unknown:
         raise ValueError(
             f"unknown setting on the command line: {' '.join(unknown)} No config file defines it "
-            f"({', '.join(config_files)}); the settings a user tunes are at the top of configs/train.yaml."
+            f"({', '.join(config_files)}); the settings a user tunes are at the top of {config_files[0]}."
         )
 
 

@@ -15,22 +15,33 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from mlflow.entities import Metric, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from .data.datalist import case_id_from_path
 from .distributed import gather_case_ids, rank
-from .tracking import default_artifact_location, experiment_id, git_commit, log_params
+from .tracking import connect, default_artifact_location, experiment_id, git_commit, log_params
 
 logger = logging.getLogger(__name__)
 
 
 def require_checkpoint(path: str | Path) -> str:
-    """Return ``path`` as a string, or raise ``FileNotFoundError`` saying how to create the checkpoint."""
+    """Return ``path`` as a string, or raise an error that says how to get a usable checkpoint.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when it is empty, as an interrupted copy leaves it (PyTorch would fail with a bare EOFError).
+    """
     path = Path(path).expanduser()
+    train_first = (
+        "Train first (python -m monai.bundle run --config_file configs/train.yaml --meta_file metadata.json "
+        "--dataset_dir DIR), or pass --ckpt_path with an existing model.pt."
+    )
     if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} not found. Train first (python -m monai.bundle run --config_file configs/train.yaml "
-            "--meta_file metadata.json --dataset_dir DIR), or pass --ckpt_path with an existing model.pt."
+        raise FileNotFoundError(f"checkpoint {path} not found. {train_first}")
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"checkpoint {path} is empty (0 bytes), e.g. from an interrupted copy. Copy it again. {train_first}"
         )
     return str(path)
 
@@ -75,12 +86,50 @@ def trained_model_description(checkpoint: str | Path, loss_name: str, fold: int 
     return {**description, "loss": trained_loss, "training_run_id": description.get("training_run_id") or "unknown"}
 
 
+def evaluation_tracking_uri(
+    tracking_uri: str | None, run_id: str | None = None, fallback_dir: str | Path | None = None
+) -> str | None:
+    """Return the tracking URI the evaluation logs into, checked before any case is evaluated.
+
+    Evaluating every case takes minutes, so an unreachable store or a mistyped ``eval_run_id`` is reported first.
+    The store is checked as training checks it (:func:`scripts.tracking.connect`): without a response the
+    evaluation stops, or with ``fallback_dir`` logs into ``fallback_dir/mlflow.db``. A run to log into must exist
+    in the store that responds.
+
+    Args:
+        tracking_uri: the config's tracking URI; ``None`` or empty logs nothing and checks nothing.
+        run_id: ``eval_run_id``, an existing run to log into, or ``None`` for a new run.
+        fallback_dir: the folder of the local store to fall back to, or ``None`` to stop instead.
+
+    Raises:
+        RuntimeError: when the store does not respond and there is no fallback.
+        ValueError: when ``run_id`` is not a run of the store.
+    """
+    if not tracking_uri:
+        return None
+    active = connect(tracking_uri, fallback_dir=fallback_dir)
+    if run_id:
+        try:
+            MlflowClient(tracking_uri=active).get_run(str(run_id))
+        except MlflowException as error:
+            fallback = "" if active == tracking_uri else f" (the fallback store; {tracking_uri} did not respond)"
+            raise ValueError(
+                f"eval_run_id {run_id!r} is not a run of the tracking store {active}{fallback}. Pass the id of an "
+                "existing run (model.json beside the checkpoint names the training's run), or leave eval_run_id "
+                "unset to log into a new run."
+            ) from error
+    return active
+
+
 class CaseMetricsWriter:
     """Write the per-case metrics of an evaluator run to CSV and JSON, and log them to a new MLflow run.
 
     Files in ``output_dir``: ``cases.csv`` (one row per case: case id, then ``<metric>.<class>`` columns) and
     ``summary.json`` (per metric and class: mean, standard deviation, median, number of cases with a value and
-    number without one, e.g. an HD95 that is undefined because the prediction misses the class).
+    number without one, e.g. an HD95 that is undefined because the prediction misses the class). Its key
+    ``skipped_cases`` lists the cases of ``listed_cases`` that were not evaluated (left out by
+    ``skip_broken_cases``); the MLflow run has them as the parameters ``num_skipped_cases`` and ``skipped_cases``,
+    and a warning names them.
 
     In distributed evaluation the writer runs on every process. It gathers the case ids of all processes and puts
     them and MONAI's gathered metric details back in the order of the dataset. Rank 0 alone writes the files and
@@ -99,6 +148,8 @@ class CaseMetricsWriter:
             status stays as it is, and the files go under ``evaluation/``. The parameters get the prefix
             ``eval.`` because MLflow forbids changing a logged parameter and the training run has its own
             ``fold`` and ``seed``.
+        listed_cases: the ids of the cases the evaluation was asked for, before broken ones were skipped; ``None``
+            records no skipped cases.
     """
 
     def __init__(
@@ -111,6 +162,7 @@ class CaseMetricsWriter:
         run_name: str = "evaluate",
         params: Mapping[str, Any] | None = None,
         run_id: str | None = None,
+        listed_cases: Sequence[str] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.foreground = list(class_names)[1:]
@@ -120,6 +172,7 @@ class CaseMetricsWriter:
         self.run_name = run_name
         self.params = dict(params or {})
         self.run_id = run_id
+        self.listed_cases = None if listed_cases is None else [str(case_id) for case_id in listed_cases]
         self.case_ids: list[str] = []
 
     def attach(self, engine: Engine) -> None:
@@ -174,20 +227,32 @@ class CaseMetricsWriter:
                 writer.writerow([case_id, *(f"{value:.6g}" for value in values)])
 
         summary = {prefix: summarise(table, self.foreground) for prefix, table in tables.items()}
+        evaluated = set(self.case_ids)
+        skipped = [case_id for case_id in self.listed_cases or [] if case_id not in evaluated]
         summary_path = self.output_dir / "summary.json"
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        summary_path.write_text(json.dumps({**summary, "skipped_cases": skipped}, indent=2) + "\n", encoding="utf-8")
         logger.info("Evaluation of %d cases written to %s and %s.", len(self.case_ids), cases_path, summary_path)
+        if skipped:
+            logger.warning(
+                "Not evaluated, because broken and skip_broken_cases is set: %d of the %d listed cases (%s). The "
+                "means leave them out; summary.json and the MLflow run list them.",
+                len(skipped),
+                len(self.listed_cases),
+                ", ".join(skipped),
+            )
         for prefix, per_class in summary.items():
             means = ", ".join(f"{name} {values['mean']:.4f}" for name, values in per_class.items())
             logger.info("Mean %s: %s.", prefix, means)
 
         if self.tracking_uri:
-            self._log_to_mlflow(summary, [cases_path, summary_path])
+            self._log_to_mlflow(summary, skipped, [cases_path, summary_path])
         return summary
 
-    def _log_to_mlflow(self, summary: Mapping[str, Any], files: Sequence[Path]) -> None:
+    def _log_to_mlflow(self, summary: Mapping[str, Any], skipped: Sequence[str], files: Sequence[Path]) -> None:
         client = MlflowClient(tracking_uri=self.tracking_uri)
         params = {**self.params, "num_cases": len(self.case_ids)}
+        if self.listed_cases is not None:
+            params.update(num_skipped_cases=len(skipped), skipped_cases=list(skipped))
         if self.run_id:
             run_id, artifact_path = self.run_id, "evaluation"
             params = {f"eval.{key}": value for key, value in params.items()}

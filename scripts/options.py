@@ -48,6 +48,9 @@ def check_settings(
     integers: Mapping[str, tuple[Any, int]] | None = None,
     positive_numbers: Mapping[str, Any] | None = None,
     flags: Mapping[str, Any] | None = None,
+    voxel_counts: Mapping[str, tuple[Any, int]] | None = None,
+    voxel_sizes: Mapping[str, Any] | None = None,
+    spatial_dims: int = 3,
 ) -> None:
     """Check a config's settings by kind, so that a wrong value stops the run with its name before anything runs.
 
@@ -56,6 +59,10 @@ def check_settings(
             unconverted.
         positive_numbers: name to value, a finite number above 0.
         flags: name to value, true or false as :func:`as_bool` reads them.
+        voxel_counts: name to ``(value, multiple)``; the value must list one positive integer per spatial axis, each
+            a multiple of ``multiple`` (a patch size that the network's downsampling divides).
+        voxel_sizes: name to value, one positive number per spatial axis (a voxel size in mm).
+        spatial_dims: the number of spatial axes of ``voxel_counts`` and ``voxel_sizes``.
 
     Raises:
         ValueError: naming the first setting of a wrong kind or out of range, and its value.
@@ -63,10 +70,32 @@ def check_settings(
     for name, (value, minimum) in (integers or {}).items():
         as_int(name, value, minimum, allow_text=False)
     for name, value in (positive_numbers or {}).items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if not _is_positive_number(value):
             raise ValueError(f"{name} must be a positive number, got {value!r}.")
     for name, value in (flags or {}).items():
         as_bool(name, value)
+    for name, (value, multiple) in (voxel_counts or {}).items():
+        if not _is_axis_list(value, spatial_dims) or not all(
+            isinstance(item, int) and not isinstance(item, bool) and item > 0 and item % multiple == 0 for item in value
+        ):
+            raise ValueError(
+                f"{name} must list {spatial_dims} positive integers, one per axis, each a multiple of {multiple}, "
+                f"got {value!r}; for example [40, 56, 40]."
+            )
+    for name, value in (voxel_sizes or {}).items():
+        if not _is_axis_list(value, spatial_dims) or not all(_is_positive_number(item) for item in value):
+            raise ValueError(
+                f"{name} must list {spatial_dims} positive voxel sizes in mm, one per axis, got {value!r}; "
+                "for example [1.0, 1.0, 1.0]."
+            )
+
+
+def _is_positive_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def _is_axis_list(value: Any, spatial_dims: int) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == spatial_dims
 
 
 def count(number: int, noun: str, plural: str | None = None) -> str:

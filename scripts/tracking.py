@@ -121,8 +121,7 @@ def connect(tracking_uri: str, fallback_dir: str | Path | None = None, timeout: 
             ) from error
         fallback = sqlite_tracking_uri(fallback_dir)
         logger.warning(
-            "MLflow tracking server %s cannot be reached (%s); tracking_fallback is set, so this training logs into "
-            "%s.",
+            "MLflow tracking server %s cannot be reached (%s); tracking_fallback is set, so this run logs into %s.",
             tracking_uri,
             reason,
             fallback,

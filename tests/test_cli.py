@@ -107,8 +107,10 @@ def test_mistyped_setting_names_the_closest(tmp_path):
 
     with pytest.raises(
         ValueError, match=r"unknown setting on the command line: --max_epoch; did you mean --max_epochs\?"
-    ):
+    ) as raised:
         check_command_line_settings(argv)
+    # The hint names the first config file of the command line, not always configs/train.yaml.
+    assert str(raised.value).endswith(f"the settings a user tunes are at the top of {base}.")
 
 
 def test_overlay_settings_count_as_known(tmp_path):
@@ -205,6 +207,11 @@ def test_training_settings_defaults_pass():
         ("learning_rate", "abc", "learning_rate must be a positive number, got 'abc'"),
         ("learning_rate", float("nan"), "learning_rate must be a positive number, got nan"),
         ("amp", "maybe", "amp must be true or false, got 'maybe'"),
+        ("patch_size", [40, 56], "patch_size must list 3 positive integers, one per axis, each a multiple of 8"),
+        ("patch_size", [40, 50, 40], "got [40, 50, 40]"),
+        ("patch_size", "[40, 56, 40]", "patch_size must list 3 positive integers"),
+        ("pixdim", [1.0, 0.0, 1.0], "pixdim must list 3 positive voxel sizes in mm, one per axis, got [1.0, 0.0, 1.0]"),
+        ("pixdim", [1.0, 1.0], "pixdim must list 3 positive voxel sizes"),
     ],
 )
 def test_training_settings_wrong_kind_named(setting, value, message):
@@ -231,7 +238,27 @@ def test_amp_only_on_cuda():
 
 
 def test_check_settings_accepts_valid_values():
-    check_settings(integers={"seed": (3, 0)}, positive_numbers={"learning_rate": 1e-3}, flags={"amp": "true"})
+    check_settings(
+        integers={"seed": (3, 0)},
+        positive_numbers={"learning_rate": 1e-3},
+        flags={"amp": "true"},
+        voxel_counts={"patch_size": ((16, 24, 8), 8)},
+        voxel_sizes={"pixdim": [0.5, 1, 2.5]},
+    )
+
+
+def test_inference_settings_checked():
+    parser = ConfigParser()
+    parser.read_config(f"{BUNDLE_ROOT}/configs/inference.yaml")
+    assert parser.get_parsed_content("settings_check") is None
+    parser["patch_size"] = [41, 56, 40]
+
+    with pytest.raises(RuntimeError) as caught:
+        parser.get_parsed_content("settings_check")
+
+    assert "patch_size must list 3 positive integers, one per axis, each a multiple of 8, got [41, 56, 40]" in str(
+        innermost_cause(caught.value)
+    )
 
 
 @pytest.mark.parametrize(("value", "expected"), [(3, 3), ("4", 4), (" -2 ", -2), ("+5", 5)])

@@ -70,6 +70,14 @@ def test_missing_dataset_folder_names_the_folders_beside_it(tmp_path):
         load_datalist(tmp_path / "msd_hipocampus")
 
 
+def test_dataset_json_given_as_folder_names_its_folder(tmp_path):
+    (tmp_path / "dataset.json").write_text("{}")
+    with pytest.raises(
+        FileNotFoundError, match=rf"but {tmp_path}/dataset\.json is a file.*: --dataset_dir {tmp_path}\.$"
+    ):
+        load_datalist(tmp_path / "dataset.json")
+
+
 def test_missing_dataset_json_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"dataset\.json not found"):
         load_datalist(tmp_path)
@@ -211,6 +219,8 @@ def test_inference_datalist_errors(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps([{"image": "missing.nii.gz"}]))
     with pytest.raises(FileNotFoundError, match="missing.nii.gz not found"):
         inference_datalist(datalist=tmp_path / "list.json")
+    with pytest.raises(FileNotFoundError, match="--input_dir must be a folder of images, but .*list.json is a file"):
+        inference_datalist(input_dir=tmp_path / "list.json")
 
 
 def test_inference_datalist_rejects_shared_output_names(tmp_path):

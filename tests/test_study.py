@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from scripts import BUNDLE_ROOT
 from scripts.study.settings import RunSpec, StudySettings
 from scripts.study.store import HEARTBEAT, HOST, KEY, LOSS, NAME, OUTCOME, PID, ROLE, StudyStore
+from scripts.study.workflow import report as study_report
 
 pytestmark = pytest.mark.training
 
@@ -40,8 +41,8 @@ TINY = [
 ]
 
 
-def study(*arguments: str) -> subprocess.CompletedProcess:
-    """Run the study's command line from the bundle root, as the README shows it."""
+def study(*arguments: str, returncode: int = 0) -> subprocess.CompletedProcess:
+    """Run the study's command line from the bundle root, as the README shows it, expecting ``returncode``."""
     result = subprocess.run(
         [sys.executable, "-m", "scripts.study", "run", *arguments],
         cwd=BUNDLE_ROOT,
@@ -49,8 +50,9 @@ def study(*arguments: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=1800,
     )
-    if result.returncode != 0:
-        raise AssertionError(f"study failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+    if result.returncode != returncode:
+        output = f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        raise AssertionError(f"study exited with {result.returncode}, not {returncode}:\n{output}")
     return result
 
 
@@ -269,6 +271,20 @@ def test_report_command_rewrites_report(finished, tmp_path):
     assert len(rows) == 12
 
 
+def test_report_reads_without_creating(finished, tmp_path):
+    output_dir = finished["output_dir"]
+    client = client_for(output_dir)
+    experiments = {experiment.name for experiment in client.search_experiments()}
+
+    with pytest.raises(ValueError, match=rf"no experiment named 'typo' at sqlite:///.*it has .*'{EXPERIMENT}'"):
+        study_report(study_name="tiny", output_dir=str(output_dir), experiment_name="typo")
+    with pytest.raises(FileNotFoundError, match=r"no study database .*elsewhere.*mlflow\.db: pass the --output_dir"):
+        study_report(study_name="tiny", output_dir=str(tmp_path / "elsewhere"))
+
+    assert {experiment.name for experiment in client.search_experiments()} == experiments
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def processes_with(text: str) -> list[int]:
     """Return the ids of the processes whose command line contains ``text``."""
     found = []
@@ -355,6 +371,7 @@ def test_failing_runs_are_recorded_and_study_finishes(dataset_dir, tmp_path):
         str(dataset_dir),
         "--output_dir",
         str(output_dir),
+        returncode=1,
     )
     children = {run.info.run_name: run for run in study_runs(output_dir, "child")}
     (parent,) = study_runs(output_dir, "parent")
@@ -369,7 +386,8 @@ def test_failing_runs_are_recorded_and_study_finishes(dataset_dir, tmp_path):
     assert children["bad_option-fold0-seed0"].data.tags["loss"] == "dice"
     assert children["bad_option-fold0-seed0"].data.tags["loss_family"] == "region"
     assert parent.info.status == "FINISHED"
-    assert "0 runs finished, 2 failed" in result.stdout
+    assert "error: Shard 0/1: 0 runs finished, 2 failed" in result.stderr
+    assert "--retry_failed true" in result.stderr
     assert "## Failed runs" in (output_dir / "report" / "results.md").read_text()
 
     again = study(

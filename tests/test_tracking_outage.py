@@ -146,7 +146,7 @@ def test_fallback_trains_into_local_store_and_says_so(dataset_dir, tmp_path):
     )
     client, runs = training_runs(sqlite_uri(output_dir))
 
-    assert f"tracking_fallback is set, so this training logs into {sqlite_uri(output_dir)}" in result.stdout
+    assert f"tracking_fallback is set, so this run logs into {sqlite_uri(output_dir)}" in result.stdout
     assert f"This training logged into {sqlite_uri(output_dir)} because {uri} could not be reached" in result.stdout
     assert runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["tracking_fallback_from"] == uri

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from training_runs import copy_cases
 
 from scripts import BUNDLE_ROOT
+from scripts.data import load_datalist
 from scripts.evaluation import trained_model_description
 
 CONFIGS = Path(BUNDLE_ROOT) / "configs"
@@ -165,8 +167,9 @@ def test_training_run_has_artifacts(trained):
     assert "combo" in Path(config).read_text()
 
 
-def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
-    run_bundle(
+def evaluate(trained: Path, dataset_dir: Path, output_dir: Path, *overrides: str, check: bool = True):
+    """Evaluate the trained checkpoint with the evaluation overlay, writing to ``output_dir``."""
+    return run_bundle(
         "--config_file",
         json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")]),
         "--meta_file",
@@ -174,12 +177,18 @@ def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
         "--dataset_dir",
         str(dataset_dir),
         "--output_dir",
-        str(trained),
-        "--ckpt_dir",
-        str(trained / "models"),
+        str(output_dir),
+        "--ckpt_path",
+        str(trained / "models" / "model.pt"),
         *SMOKE,
-        cwd=trained,
+        *overrides,
+        cwd=output_dir.parent,
+        check=check,
     )
+
+
+def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
+    evaluate(trained, dataset_dir, trained)
     with (trained / "evaluation" / "cases.csv").open() as stream:
         rows = list(csv.DictReader(stream))
     summary = json.loads((trained / "evaluation" / "summary.json").read_text())
@@ -192,6 +201,7 @@ def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
         for name in ("Anterior", "Posterior")
     }
     assert 0.0 <= summary["dice"]["mean"]["mean"] <= 1.0
+    assert summary["skipped_cases"] == []
     client, found = runs(trained)
     evaluation = [run for run in found if run.data.tags.get("evaluation") == "true"]
     assert len(evaluation) == 1
@@ -205,24 +215,79 @@ def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
 
 
 def test_evaluate_without_checkpoint_says_train_first(dataset_dir, tmp_path):
-    result = run_bundle(
-        "--config_file",
-        json.dumps([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")]),
-        "--meta_file",
-        META,
-        "--dataset_dir",
-        str(dataset_dir),
-        "--output_dir",
-        str(tmp_path),
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-        *SMOKE,
-        cwd=tmp_path,
-        check=False,
-    )
+    result = evaluate(tmp_path, dataset_dir, tmp_path, check=False)
 
     assert result.returncode != 0
     assert "model.pt not found. Train first" in result.stderr
+
+
+def test_evaluate_records_skipped_broken_cases(trained, dataset_dir, tmp_path):
+    task = copy_cases(dataset_dir, tmp_path / "task", 3)
+    case_ids = [case["case_id"] for case in load_datalist(task)]
+    image = task / "images" / f"{case_ids[1]}.nii.gz"
+    image.write_bytes(image.read_bytes()[:2000])
+    output_dir = tmp_path / "outputs"
+
+    result = evaluate(trained, dataset_dir, output_dir, "--eval_dataset_dir", str(task), "--skip_broken_cases", "true")
+    summary = json.loads((output_dir / "evaluation" / "summary.json").read_text())
+    with (output_dir / "evaluation" / "cases.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    (run,) = runs(output_dir)[1]
+
+    assert summary["skipped_cases"] == [case_ids[1]]
+    assert [row["case_id"] for row in rows] == [case_ids[0], case_ids[2]]
+    assert run.data.params["num_skipped_cases"] == "1"
+    assert json.loads(run.data.params["skipped_cases"]) == [case_ids[1]]
+    assert run.data.params["num_cases"] == "2"
+    assert f"skip_broken_cases is set: 1 of the 3 listed cases ({case_ids[1]})" in result.stderr + result.stdout
+    # The hint to set skip_broken_cases is not repeated once it is set.
+    assert "--skip_broken_cases true" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("--eval_run_id", "0123abc"), "error: eval_run_id '0123abc' is not a run of the tracking store sqlite:///"),
+        # Nothing listens on port 9 of this machine, so the connection is refused at once.
+        (
+            ("--tracking_uri", "http://127.0.0.1:9"),
+            "error: MLflow tracking server http://127.0.0.1:9 cannot be reached",
+        ),
+    ],
+)
+def test_evaluate_checks_tracking_before_evaluating(trained, dataset_dir, tmp_path, overrides, message):
+    output_dir = tmp_path / "outputs"
+
+    result = evaluate(trained, dataset_dir, output_dir, *overrides, check=False)
+
+    assert result.returncode != 0
+    assert last_line(result).startswith(message)
+    assert not (output_dir / "evaluation" / "cases.csv").exists()
+
+
+def test_evaluate_falls_back_to_local_store(trained, dataset_dir, tmp_path):
+    output_dir = tmp_path / "outputs"
+
+    result = evaluate(
+        trained, dataset_dir, output_dir, "--tracking_uri", "http://127.0.0.1:9", "--tracking_fallback", "true"
+    )
+    (run,) = runs(output_dir)[1]
+
+    assert f"so this run logs into {tracking_uri(output_dir)}" in result.stdout + result.stderr
+    assert run.data.tags["evaluation"] == "true"
+    assert "eval_dice.Anterior" in run.data.metrics
+
+
+def test_evaluate_rejects_empty_checkpoint(trained, dataset_dir, tmp_path):
+    empty = tmp_path / "models" / "model.pt"
+    empty.parent.mkdir()
+    empty.touch()
+    output_dir = tmp_path / "outputs"
+
+    result = evaluate(tmp_path, dataset_dir, output_dir, check=False)
+
+    assert result.returncode != 0
+    assert last_line(result).startswith(f"error: checkpoint {empty} is empty (0 bytes)")
 
 
 def run_inference(
@@ -287,6 +352,19 @@ def test_inference_names_an_unreadable_image(trained, dataset_dir, tmp_path):
 
     assert result.returncode != 0
     assert last_line(result).startswith(f"error: cannot read {truncated}: ")
+
+
+def test_inference_names_a_2d_image(trained, dataset_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    source = nib.load(dataset_dir / "images" / "hippocampus_001.nii.gz")
+    flat = images / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj)[:, :, 10], source.affine), flat)
+
+    result = run_inference(trained, images, tmp_path, check=False)
+
+    assert result.returncode != 0
+    assert last_line(result).startswith(f"error: image {flat} has 2 spatial axes")
 
 
 def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):

@@ -23,6 +23,15 @@ def read_dataset_json(dataset_dir: str | Path, option: str = "--dataset_dir") ->
         ValueError: when ``dataset.json`` is not valid JSON or lacks the ``training`` list or the ``labels`` map.
     """
     folder = Path(dataset_dir).expanduser()
+    if folder.is_file():
+        raise FileNotFoundError(
+            f"{option} must be a folder, but {folder} is a file. Pass the folder that contains it"
+            + (
+                f": {option} {folder.parent}."
+                if folder.name == DATASET_JSON
+                else " (the task folder with dataset.json)."
+            )
+        )
     if not folder.is_dir():
         # A mistyped folder name is a common cause, so name the folders that do exist beside it.
         nearby = ""
@@ -162,6 +171,11 @@ def inference_datalist(input_dir: str | Path | None = None, datalist: str | Path
         if input_dir is None:
             raise ValueError("pass --input_dir (a folder of images) or --datalist (a JSON list of images).")
         folder = Path(input_dir).expanduser().resolve()
+        if folder.is_file():
+            raise FileNotFoundError(
+                f"--input_dir must be a folder of images, but {folder} is a file; pass its folder, or pass a JSON "
+                "list of images as --datalist."
+            )
         if not folder.is_dir():
             raise FileNotFoundError(f"input folder {folder} not found; pass --input_dir with a folder of images.")
         images = sorted(item for item in folder.iterdir() if item.name.endswith(IMAGE_SUFFIXES))

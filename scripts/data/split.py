@@ -146,7 +146,7 @@ def _check_split(
         "skip_broken_cases is set: training without %s (%s). Every problem found:\n%s",
         count(len(skipped), "broken case"),
         ", ".join(case["case_id"] for case in skipped) or "none",
-        report.text(),
+        report.text(hint=False),
     )
     for key in ("training", "validation"):
         if not kept[key]:
@@ -197,9 +197,16 @@ def evaluation_cases(
             f"to true to evaluate the others.\n{report.text()}"
         )
     intact = [case for case in cases if case["case_id"] not in broken]
-    logger.warning("Evaluating without the broken cases %s.\n%s", ", ".join(sorted(broken)), report.text())
+    logger.warning(
+        "skip_broken_cases is set: evaluating without the broken cases %s.\n%s",
+        ", ".join(sorted(broken)),
+        report.text(hint=False),
+    )
     if not intact:
-        raise ValueError(f"every case to evaluate is broken.\n{report.text()}")
+        raise ValueError(
+            f"every case to evaluate is broken. Fix or replace the files named below, or evaluate another "
+            f"folder.\n{report.text(hint=False)}"
+        )
     return intact
 
 

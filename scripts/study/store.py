@@ -79,17 +79,32 @@ def check_tracking_uri(tracking_uri: str, timeout: float = 10.0) -> None:
 class StudyStore:
     """The MLflow side of one study: find or create its parent run, find, classify and mark its child runs.
 
+    ``create=False`` opens an existing experiment only, for a reader such as the report, which must not leave an
+    empty experiment behind a mistyped name.
+
     Raises:
-        ValueError: for a study name with characters other than letters, digits, ``_``, ``.`` and ``-``.
+        ValueError: for a study name with characters other than letters, digits, ``_``, ``.`` and ``-``, or, with
+            ``create=False``, an experiment that does not exist (the message lists those that do).
     """
 
-    def __init__(self, tracking_uri: str, experiment_name: str, study_name: str) -> None:
+    def __init__(self, tracking_uri: str, experiment_name: str, study_name: str, create: bool = True) -> None:
         if not STUDY_NAME.match(study_name):
             raise ValueError(f"invalid study name {study_name!r}: use letters, digits, '_', '.' and '-'.")
         self.tracking_uri = tracking_uri
         self.study_name = study_name
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = experiment_id(self.client, experiment_name, default_artifact_location(tracking_uri))
+        if create:
+            self.experiment_id = experiment_id(self.client, experiment_name, default_artifact_location(tracking_uri))
+        else:
+            experiment = self.client.get_experiment_by_name(experiment_name)
+            if experiment is None:
+                names = sorted(found.name for found in self.client.search_experiments())
+                raise ValueError(
+                    f"no experiment named {experiment_name!r} at {tracking_uri}; it has "
+                    f"{', '.join(repr(name) for name in names) or 'none'}. Pass the --experiment_name that "
+                    "`python -m scripts.study run` used."
+                )
+            self.experiment_id = experiment.experiment_id
         self.host = socket.gethostname()
 
     # Queries.

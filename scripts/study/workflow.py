@@ -143,10 +143,17 @@ def run(
         for outcome in ("complete", "failed", "skipped_complete", "skipped_failed", "skipped_running")
     }
     earlier = counts["skipped_complete"] + counts["skipped_failed"]
-    return (
+    outcome = (
         f"Shard {index}/{count}: {plural(counts['complete'], 'run')} finished, {counts['failed']} failed, "
         f"{earlier} had a result already, {counts['skipped_running']} in progress elsewhere. Report: {report}"
     )
+    if counts["failed"]:
+        # The exit status signals the failed runs to a pipeline; the report and MLflow contain the finished ones.
+        raise RuntimeError(
+            f"{outcome}. The report's section 'Failed runs' and the runs' error tags in MLflow give each error; "
+            "after fixing it, run the same command with --retry_failed true."
+        )
+    return outcome
 
 
 def report(
@@ -168,7 +175,16 @@ def report(
         experiment_name: MLflow experiment of the study.
     """
     output = Path(output_dir).expanduser().resolve()
-    store = open_store(tracking_uri or sqlite_tracking_uri(output), experiment_name, study_name)
+    if tracking_uri is None:
+        database = output / "mlflow.db"
+        if not database.is_file():
+            # MLflow would create an empty database there, and sqlite_tracking_uri the folder.
+            raise FileNotFoundError(
+                f"no study database {database}: pass the --output_dir that `python -m scripts.study run` used, or "
+                "--tracking_uri with the study's MLflow store."
+            )
+        tracking_uri = f"sqlite:///{database}"
+    store = open_store(tracking_uri, experiment_name, study_name, create=False)
     parent = store.parent()
     if parent is None:
         raise ValueError(
@@ -191,11 +207,14 @@ def report(
     )
 
 
-def open_store(tracking_uri: str, experiment_name: str, study_name: str) -> StudyStore:
-    """Return the study's MLflow store, or raise ``RuntimeError`` naming the URI when it cannot be reached."""
+def open_store(tracking_uri: str, experiment_name: str, study_name: str, create: bool = True) -> StudyStore:
+    """Return the study's MLflow store, or raise ``RuntimeError`` naming the URI when it cannot be reached.
+
+    ``create=False`` raises ``ValueError`` instead of creating a missing experiment (see :class:`StudyStore`).
+    """
     check_tracking_uri(tracking_uri)
     try:
-        return StudyStore(tracking_uri, experiment_name, study_name)
+        return StudyStore(tracking_uri, experiment_name, study_name, create=create)
     except MlflowException as error:
         raise RuntimeError(
             f"cannot open the MLflow tracking store {tracking_uri} ({error.message}). Pass --tracking_uri with a "

@@ -50,6 +50,34 @@ class CheckImageLabelPaird(MapTransform):
         return dict(data)
 
 
+class CheckSpatialDimsd(MapTransform):
+    """Raise ``ValueError`` naming the file when a channel-first image does not have ``spatial_dims`` spatial axes.
+
+    The 3D network cannot segment a 2D slice or a 4D series. Without the check, a 2D image in an inference folder
+    stops the sliding window with a shape error that names no file. Place it right after ``EnsureChannelFirstd``.
+
+    Args:
+        keys: the images to check.
+        spatial_dims: the number of spatial axes the network takes.
+    """
+
+    def __init__(self, keys: Any, spatial_dims: int = 3) -> None:
+        super().__init__(keys)
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        for key in self.key_iterator(data):
+            image = data[key]
+            spatial_shape = tuple(image.shape[1:])
+            if len(spatial_shape) != self.spatial_dims:
+                raise ValueError(
+                    f"image {_filename(image)} has {len(spatial_shape)} spatial axes (shape {spatial_shape}, after "
+                    f"the channel axis), but the network segments {self.spatial_dims}D volumes. Remove it from the "
+                    "inputs, or convert it to a volume."
+                )
+        return dict(data)
+
+
 def _filename(image: Any) -> str:
     meta = getattr(image, "meta", {}) or {}
     return str(meta.get("filename_or_obj", "<in memory>"))
