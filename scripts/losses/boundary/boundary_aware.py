@@ -10,10 +10,11 @@ from torch import Tensor
 
 from ...transforms.boundary import distance_bins
 from ..base import SegmentationInputs, SegmentationLoss
+from ..distributed import sum_across_ranks
 from ..fused import target_log_softmax
 from ..pixel.cross_entropy import voxel_cross_entropy
 from ..registry import register_loss
-from .auxiliary import check_weights, extra_tensor, pool_batch
+from .auxiliary import check_weights, extra_tensor
 
 _HEAD = "the distance-bin head (scripts.networks.BoundaryAwareNetwork)"
 _BINS = "the DistanceBinsd transform in loss_transforms"
@@ -121,26 +122,41 @@ class BoundaryAwareLoss(SegmentationLoss):
         voxel_loss = -target_log_softmax(flat_head, flat_bins).view(batch_size, channels, -1)
         flat_bins = flat_bins.view(batch_size, channels, -1)
 
-        # scatter_add accumulates one voxel at a time; float64 keeps a sum over 10^5 voxels exact to float32.
-        accumulate = torch.float64
-        bin_shape = (batch_size, channels, self.num_bins)
-        if inputs.mask is None:
-            weighted_loss = voxel_loss.to(accumulate)
-            weight = weighted_loss.new_ones(()).expand_as(weighted_loss)
-        else:
-            weight = inputs.mask.reshape(batch_size, 1, -1).to(accumulate).expand_as(voxel_loss)
-            weighted_loss = voxel_loss.to(accumulate) * weight
-        totals = weighted_loss.new_zeros(bin_shape).scatter_add(2, flat_bins, weighted_loss)
         with torch.no_grad():
-            counts = weighted_loss.new_zeros(bin_shape).scatter_add_(2, flat_bins, weight)
-
-        bin_means = pool_batch(totals, counts, self.batch).to(voxel_loss.dtype)
-        present = (counts.sum(dim=0, keepdim=True) if self.batch else counts) > 0
-        class_loss = bin_means.sum(dim=2) / present.sum(dim=2).clamp_min(1)
+            voxel_weights = self._voxel_weights(flat_bins, inputs.mask, voxel_loss.dtype)
+        # Weighting each voxel by 1 / (count of its bin x bins present) equals the mean over the present bins of
+        # each bin's mean loss, in one elementwise product instead of a scatter into the bins.
+        class_loss = (voxel_loss * voxel_weights).sum(dim=2)
+        if self.batch:
+            class_loss = sum_across_ranks(class_loss.sum(dim=0, keepdim=True))
         if inputs.binary:
             # The head scores the foreground only; class 0 is the implicit background that region losses skip.
             class_loss = torch.cat([torch.zeros_like(class_loss), class_loss], dim=1)
         return class_loss
+
+    def _voxel_weights(self, flat_bins: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor:
+        """Return ``1 / (n_{c,k} |K_c|)`` in ``dtype`` at every voxel of bin ``k`` of class ``c``, 0 at ignored voxels.
+
+        The counts come from one ``bincount`` over ``(sample, class, bin)`` indices. They are exact in float64
+        (with a mask, ``bincount`` sums the mask's weights), and ``batch=True`` adds them over the samples and
+        processes.
+        """
+        batch_size, channels = flat_bins.shape[:2]
+        rows = torch.arange(batch_size * channels, device=flat_bins.device).view(batch_size, channels, 1)
+        index = (flat_bins + rows * self.num_bins).flatten()
+        weights = None
+        if mask is not None:
+            weights = mask.reshape(batch_size, 1, -1).expand_as(flat_bins).flatten().to(torch.float64)
+        counts = torch.bincount(index, weights=weights, minlength=batch_size * channels * self.num_bins)
+        counts = counts.to(torch.float64).view(batch_size, channels, self.num_bins)
+        if self.batch:
+            counts = sum_across_ranks(counts.sum(dim=0, keepdim=True)).expand(batch_size, -1, -1)
+        present = (counts > 0).sum(dim=2, keepdim=True)
+        bin_weights = torch.where(counts > 0, 1.0 / (counts * present), 0.0).to(dtype)
+        voxel_weights = bin_weights.gather(2, flat_bins)
+        if mask is not None:
+            voxel_weights = voxel_weights * mask.reshape(batch_size, 1, -1)
+        return voxel_weights
 
 
 def example_extra_inputs(logits: Tensor, labels: Tensor, num_bins: int = 6, max_distance: int = 5) -> dict:
