@@ -46,6 +46,52 @@ def require_checkpoint(path: str | Path) -> str:
     return str(path)
 
 
+def read_model_description(checkpoint: str | Path) -> dict[str, Any]:
+    """Return the content of ``model.json`` beside ``checkpoint``, or ``{}`` without the file.
+
+    Raises:
+        ValueError: when the file cannot be read as a JSON object.
+    """
+    path = Path(checkpoint).expanduser().with_suffix(".json")
+    try:
+        description = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read as JSON ({error}); delete it or train again.") from error
+    if not isinstance(description, dict):
+        raise ValueError(f"{path} must contain a JSON object; delete it or train again.")
+    return description
+
+
+def warn_if_not_trained_settings(checkpoint: str | Path, description: Mapping[str, Any], **settings: Any) -> None:
+    """Log a warning for each setting that differs from the value ``model.json`` records of the training.
+
+    Evaluation and inference take ``patch_size`` and ``pixdim`` from ``model.json`` unless the command line sets
+    them. A network run on other voxel sizes or windows than it was trained on scores lower, with no error.
+    """
+    for name, value in settings.items():
+        trained = description.get(name)
+        if trained is None or _as_floats(trained) == _as_floats(value):
+            continue
+        logger.warning(
+            "%s was trained with %s %s, but this run uses %s: a network run on other windows or voxel sizes than "
+            "it was trained on scores lower. Leave --%s unset to use the training's value.",
+            checkpoint,
+            name,
+            list(trained),
+            list(value),
+            name,
+        )
+
+
+def _as_floats(value: Any) -> list[float] | None:
+    try:
+        return [float(item) for item in value]
+    except (TypeError, ValueError):
+        return None
+
+
 def trained_model_description(checkpoint: str | Path, loss_name: str, fold: int | None = None) -> dict[str, Any]:
     """Return what ``model.json`` beside ``checkpoint`` records of its training, with the loss to name the run by.
 
@@ -54,13 +100,9 @@ def trained_model_description(checkpoint: str | Path, loss_name: str, fold: int 
     config fold that differs from the training's (its validation cases then include training cases). Without the
     file (a checkpoint from elsewhere), the config's loss is used and the training run is unknown.
     """
-    path = Path(checkpoint).expanduser().with_suffix(".json")
-    try:
-        description = json.loads(path.read_text())
-    except FileNotFoundError:
+    description = read_model_description(checkpoint)
+    if not description:
         return {"loss": loss_name, "training_run_id": "unknown"}
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path} cannot be read as JSON ({error}); delete it or train again.") from error
     trained_loss = description.get("loss", loss_name)
     if trained_loss != loss_name:
         logger.warning(
@@ -87,26 +129,37 @@ def trained_model_description(checkpoint: str | Path, loss_name: str, fold: int 
 
 
 def evaluation_tracking_uri(
-    tracking_uri: str | None, run_id: str | None = None, fallback_dir: str | Path | None = None
+    tracking_uri: str | None,
+    run_id: str | None = None,
+    fallback_dir: str | Path | None = None,
+    training_run_id: str | None = None,
 ) -> str | None:
     """Return the tracking URI the evaluation logs into, checked before any case is evaluated.
 
     Evaluating every case takes minutes, so an unreachable store or a mistyped ``eval_run_id`` is reported first.
     The store is checked as training checks it (:func:`scripts.tracking.connect`): without a response the
     evaluation stops, or with ``fallback_dir`` logs into ``fallback_dir/mlflow.db``. A run to log into must exist
-    in the store that responds.
+    in the store that responds, and be the checkpoint's training run when ``model.json`` names one, so that the
+    evaluation's metrics do not land in an unrelated run.
 
     Args:
         tracking_uri: the config's tracking URI; ``None`` or empty logs nothing and checks nothing.
         run_id: ``eval_run_id``, an existing run to log into, or ``None`` for a new run.
         fallback_dir: the folder of the local store to fall back to, or ``None`` to stop instead.
+        training_run_id: the training run that ``model.json`` names, or ``None``/``"unknown"`` without one.
 
     Raises:
         RuntimeError: when the store does not respond and there is no fallback.
-        ValueError: when ``run_id`` is not a run of the store.
+        ValueError: when ``run_id`` is not a run of the store, or another run than ``training_run_id``.
     """
     if not tracking_uri:
         return None
+    if run_id and training_run_id not in (None, "unknown") and str(run_id) != str(training_run_id):
+        raise ValueError(
+            f"eval_run_id {run_id!r} is not the run that trained the checkpoint: model.json beside it names the "
+            f"training run {training_run_id!r}. Pass --eval_run_id {training_run_id}, or leave eval_run_id unset to "
+            "log into a new run."
+        )
     active = connect(tracking_uri, fallback_dir=fallback_dir)
     if run_id:
         try:

@@ -21,7 +21,7 @@ from training_runs import copy_cases
 
 from scripts import BUNDLE_ROOT
 from scripts.data import load_datalist
-from scripts.evaluation import trained_model_description
+from scripts.evaluation import evaluation_tracking_uri, trained_model_description
 
 CONFIGS = Path(BUNDLE_ROOT) / "configs"
 META = str(Path(BUNDLE_ROOT) / "metadata.json")
@@ -88,6 +88,8 @@ def test_training_writes_checkpoint_and_split(trained):
     _, found = runs(trained)
     assert description["loss"] == "combo"
     assert (description["fold"], description["seed"]) == (0, 0)
+    assert description["patch_size"] == [24, 32, 24]
+    assert description["pixdim"] == [1.0, 1.0, 1.0]
     assert description["training_run_id"] == found[0].info.run_id
     assert len(split["training"]) == 4
     assert len(split["validation"]) == 4
@@ -247,7 +249,7 @@ def test_evaluate_records_skipped_broken_cases(trained, dataset_dir, tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (("--eval_run_id", "0123abc"), "error: eval_run_id '0123abc' is not a run of the tracking store sqlite:///"),
+        (("--eval_run_id", "0123abc"), "error: eval_run_id '0123abc' is not the run that trained the checkpoint"),
         # Nothing listens on port 9 of this machine, so the connection is refused at once.
         (
             ("--tracking_uri", "http://127.0.0.1:9"),
@@ -325,13 +327,26 @@ def test_inference_keeps_input_geometry(trained, dataset_dir, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(source.dataobj), affine), inputs / "case_a.nii.gz")
     nib.save(source, inputs / "case_b.nii.gz")
 
-    run_inference(trained, inputs, tmp_path, "--patch_size", "[24, 32, 24]")
+    # Without --patch_size: the training's [24, 32, 24] comes from model.json.
+    result = run_inference(trained, inputs, tmp_path)
+
+    assert "was trained with" not in result.stdout + result.stderr
 
     for name, original in (("case_a", nib.load(inputs / "case_a.nii.gz")), ("case_b", source)):
         prediction = nib.load(tmp_path / "predictions" / f"{name}_seg.nii.gz")
         assert prediction.shape == original.shape
         np.testing.assert_allclose(prediction.affine, original.affine, atol=1e-4)
         assert set(np.unique(np.asarray(prediction.dataobj))) <= {0, 1, 2}
+
+
+def test_inference_warns_of_other_patch_size(trained, dataset_dir, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "case.nii.gz").symlink_to(dataset_dir / "images" / "hippocampus_001.nii.gz")
+
+    result = run_inference(trained, inputs, tmp_path, "--patch_size", "[40, 56, 40]")
+
+    assert "was trained with patch_size [24, 32, 24], but this run uses [40, 56, 40]" in result.stdout + result.stderr
 
 
 def test_inference_without_images_names_the_folder(trained, tmp_path):
@@ -498,6 +513,11 @@ def test_evaluation_names_the_loss_that_trained_the_model(tmp_path, caplog):
     assert description["training_run_id"] == "abc"
     assert "trained with the loss 'dice' (MLflow run abc), but the config's loss is 'combo'" in caplog.text
     assert "Pass --fold 0" in caplog.text
+
+
+def test_eval_run_id_must_exist_in_store(tmp_path):
+    with pytest.raises(ValueError, match=r"eval_run_id '0123abc' is not a run of the tracking store sqlite:///"):
+        evaluation_tracking_uri(tracking_uri(tmp_path), "0123abc")
 
 
 def test_evaluation_without_model_description_uses_config(tmp_path):
