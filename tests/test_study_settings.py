@@ -154,6 +154,10 @@ def test_overlay_of_unregistered_loss_raises(task_dir, tmp_path):
         ({"losses": "dice,dice"}, "named twice"),
         ({"num_folds": "abc"}, "num_folds must be an integer of at least 2, got 'abc'"),
         ({"overrides": {"max_epoch": 3}}, "overrides name settings that configs/train.yaml does not define: max_epoch"),
+        ({"overrides": {"patch_size": [40, 50]}}, "overrides: patch_size must list 3 positive integers"),
+        ({"overrides": {"learning_rate": "fast"}}, "overrides: learning_rate must be a positive number, got 'fast'"),
+        ({"overrides": {"loss#checkpoint": "net.pt"}}, "overrides may not set loss#checkpoint: each run's loss comes"),
+        ({"surface_tolerance": 0}, "surface_tolerance must be a positive distance in mm, got 0"),
     ],
 )
 def test_invalid_options_raise(task_dir, options, message):

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from monai.bundle import ConfigParser
 
 from .. import BUNDLE_ROOT
+from ..cli import innermost_cause
 from ..data import read_dataset_json
 from ..losses import get_loss_spec, list_losses
 from ..options import as_int
@@ -213,14 +215,24 @@ class StudySettings:
                 f"overrides name settings that configs/train.yaml does not define: {', '.join(unknown)}. Check "
                 "their spelling against the top of configs/train.yaml."
             )
+        losses_set = sorted(key for key in overrides if key.split("#")[0] == "loss")
+        if losses_set:
+            raise ValueError(
+                f"overrides may not set {', '.join(losses_set)}: each run's loss comes from its overlay. To change a "
+                "loss's option, copy its overlay from configs/losses/ into a folder, edit it there, and pass the "
+                "folder as --overlay_dir."
+            )
         clashing = sorted(key for key in overrides if key.split("#")[0] in STUDY_KEYS)
         if clashing:
             raise ValueError(
-                f"overrides may not set {', '.join(clashing)}: the study sets these keys itself. Use "
-                "the study's own options, or a loss overlay in --overlay_dir for the loss."
+                f"overrides may not set {', '.join(clashing)}: the study sets these keys itself. Use the study's own "
+                "options instead."
             )
-        if not (isinstance(surface_tolerance, (int, float)) and surface_tolerance >= 0):
-            raise ValueError(f"surface_tolerance must be a distance >= 0 in mm, got {surface_tolerance!r}.")
+        _check_override_values(overrides)
+        if isinstance(surface_tolerance, bool) or not (
+            isinstance(surface_tolerance, (int, float)) and surface_tolerance > 0
+        ):
+            raise ValueError(f"surface_tolerance must be a positive distance in mm, got {surface_tolerance!r}.")
 
         dataset_folder = Path(dataset_dir).expanduser().resolve()
         content = read_dataset_json(dataset_folder)
@@ -345,6 +357,23 @@ def _integers(value: int | str | Sequence[int], label: str) -> list[int]:
     if not numbers or len(set(numbers)) != len(numbers):
         raise ValueError(f"{label} must list distinct integers, e.g. --{label} 0,1,2; got {value!r}.")
     return numbers
+
+
+def _check_override_values(overrides: dict[str, Any]) -> None:
+    """Raise ``ValueError`` when an override gives a training setting a value of the wrong kind.
+
+    The training config's own check (``settings_check``) runs on the overridden settings here, so that a wrong
+    value stops the study before its first run instead of failing every run.
+    """
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN_CONFIG))
+    for key, value in overrides.items():
+        if "#" not in key:
+            parser[key] = value
+    try:
+        parser.get_parsed_content("settings_check")
+    except Exception as error:  # noqa: BLE001 - MONAI wraps the check's ValueError in a RuntimeError
+        raise ValueError(f"overrides: {innermost_cause(error)}") from error
 
 
 def _first(*values: Any) -> Any:
