@@ -19,7 +19,6 @@ training spacing in that case.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -34,8 +33,10 @@ from torch import Tensor
 
 from . import BUNDLE_ROOT
 from .cli import run_commands
+from .data.datalist import DATASET_JSON, read_dataset_json
 from .losses.boundary.inverse_form import DEFAULT_CHECKPOINT, InverseFormNet, resolve_checkpoint, save_inverse_form_net
-from .options import as_int
+from .options import as_bool, as_int
+from .tracking import connect
 from .transforms.boundary import label_boundary
 
 logger = logging.getLogger(__name__)
@@ -155,19 +156,13 @@ def load_label_boundaries(dataset_dir: str | Path, max_cases: int | None = None)
     """Load the training labels listed in ``dataset_dir/dataset.json`` and return their boundary maps and paths.
 
     Raises:
-        ValueError: for a missing folder, ``dataset.json`` or label file, or a ``dataset.json`` without training
-            cases.
+        FileNotFoundError: for a missing folder or ``dataset.json``, or a file given as the folder (see
+            :func:`scripts.data.read_dataset_json`).
+        ValueError: for a missing label file, or a ``dataset.json`` that is invalid or lists no training cases.
     """
     dataset_dir = Path(dataset_dir).expanduser().resolve()
-    if not dataset_dir.is_dir():
-        raise ValueError(
-            f"dataset_dir {dataset_dir} does not exist; pass the dataset folder that contains dataset.json, "
-            "for example a Medical Segmentation Decathlon task folder."
-        )
-    manifest = dataset_dir / "dataset.json"
-    if not manifest.is_file():
-        raise ValueError(f"{manifest} is missing; pass a Decathlon-style dataset folder with dataset.json.")
-    entries = json.loads(manifest.read_text()).get("training") or []
+    manifest = dataset_dir / DATASET_JSON
+    entries = read_dataset_json(dataset_dir)["training"]
     label_paths = [entry["label"] if isinstance(entry, dict) else None for entry in entries]
     label_paths = [path for path in label_paths if path]
     if not label_paths:
@@ -204,6 +199,7 @@ def train(
     tracking_uri: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
+    tracking_fallback: bool = False,
 ) -> dict:
     """Train the InverseForm inverse network on the label boundaries of a dataset and save it.
 
@@ -222,6 +218,8 @@ def train(
         tracking_uri: MLflow tracking URI; default ``sqlite:///<bundle>/outputs/mlflow.db``.
         experiment: MLflow experiment name.
         run_name: MLflow run name; default ``inverse-form-<tile_size>``.
+        tracking_fallback: when ``tracking_uri`` does not respond at the start, log into the bundle's default store
+            instead of stopping.
 
     Returns:
         a summary: checkpoint path, MLflow run id, tracking URI and the losses.
@@ -234,6 +232,9 @@ def train(
         epochs, samples_per_epoch, batch_size, learning_rate, validation_fraction, validation_samples, max_cases
     )
     seed = as_int("seed", seed)
+    # The store is checked before the labels are loaded: MLflow would retry an unreachable server for minutes.
+    fallback_dir = Path(BUNDLE_ROOT) / "outputs" if as_bool("tracking_fallback", tracking_fallback) else None
+    tracking_uri = connect(tracking_uri or default_tracking_uri(), fallback_dir=fallback_dir)
     ranges = TransformRanges()
     ranges.validate()
     torch.manual_seed(seed)
@@ -253,7 +254,6 @@ def train(
     generator = torch.Generator().manual_seed(seed + 2)
 
     checkpoint_path = resolve_checkpoint(output)
-    tracking_uri = tracking_uri or default_tracking_uri()
     params = {
         "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
         "training_cases": len(training_cases),

@@ -21,6 +21,7 @@ import logging
 import math
 import platform
 import subprocess
+import textwrap
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -112,7 +113,7 @@ def connect(tracking_uri: str, fallback_dir: str | Path | None = None, timeout: 
     except Exception as error:  # noqa: BLE001 - sorted by is_outage; any other error is re-raised
         if not is_outage(error):
             raise
-        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        reason = short_reason(error)
         if fallback_dir is None:
             raise RuntimeError(
                 f"MLflow tracking server {tracking_uri} cannot be reached ({reason}). Start the server, pass "
@@ -128,6 +129,11 @@ def connect(tracking_uri: str, fallback_dir: str | Path | None = None, timeout: 
         )
         return fallback
     return tracking_uri
+
+
+def short_reason(error: BaseException, width: int = 300) -> str:
+    """Return ``Type: message`` on one line, shortened at a word boundary (urllib3's messages run to many lines)."""
+    return textwrap.shorten(f"{type(error).__name__}: {error}", width=width, placeholder=" ...")
 
 
 def git_commit(directory: str | Path = BUNDLE_ROOT) -> str:
@@ -527,7 +533,7 @@ class MLflowTracker:
         except Exception as error:  # noqa: BLE001 - sorted by is_outage; any other error is re-raised
             if not is_outage(error):
                 raise
-            reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            reason = short_reason(error)
             raise RuntimeError(
                 f"MLflow tracking at {self.tracking_uri} stopped responding before training started ({reason}). "
                 "Start the server and rerun the same command, or pass --tracking_fallback true to log into the "

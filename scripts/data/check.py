@@ -39,7 +39,7 @@ AFFINE_ATOL = 1e-3
 MAX_LISTED_VALUES = 5
 # The hint that ends a report with problems.
 FIX_HINT = (
-    "Fix or replace the files named above, or remove their cases from dataset.json. To train without the broken "
+    "Fix or replace the files named above, or remove their cases from dataset.json. To run without the broken "
     "cases, set skip_broken_cases to true (--skip_broken_cases true)."
 )
 

@@ -322,7 +322,6 @@ def test_training_command_writes_checkpoint_and_mlflow_run(dataset_dir, tmp_path
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"dataset_dir": "/nonexistent/dataset"}, "dataset_dir /nonexistent/dataset does not exist"),
         ({"epochs": 0}, "epochs must be a positive integer, got 0"),
         ({"batch_size": 64, "samples_per_epoch": 32}, r"samples_per_epoch \(32\) must be at least batch_size \(64\)"),
         ({"learning_rate": -1.0}, "learning_rate must be a positive number, got -1.0"),
@@ -347,11 +346,32 @@ def test_training_command_invalid_options_raise(tmp_path, options, message):
     assert not (tmp_path / "net.pt").exists()
 
 
-def test_training_command_folder_without_manifest(tmp_path):
+@pytest.mark.parametrize(
+    ("folder", "message"),
+    [
+        ("no_such_task", r"dataset folder .*no_such_task not found"),
+        (".", r"dataset\.json not found"),
+        ("dataset.json", r"--dataset_dir must be a folder, but .*dataset\.json is a file"),
+    ],
+)
+def test_training_command_bad_dataset_dir(tmp_path, folder, message):
     from scripts.inverse_form import train
 
-    with pytest.raises(ValueError, match="dataset.json is missing"):
-        train(dataset_dir=str(tmp_path), output=str(tmp_path / "net.pt"))
+    (tmp_path / "dataset.json").unlink(missing_ok=True)
+    if folder == "dataset.json":
+        (tmp_path / "dataset.json").write_text("{}")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    with pytest.raises(FileNotFoundError, match=message):
+        train(dataset_dir=str(tmp_path / folder), output=str(tmp_path / "net.pt"), tracking_uri=tracking)
+
+
+def test_training_command_checks_tracking_server_first(tmp_path):
+    from scripts.inverse_form import train
+
+    # Nothing listens on port 9 of this machine; the dataset folder is not read before the check.
+    with pytest.raises(RuntimeError, match="MLflow tracking server http://127.0.0.1:9 cannot be reached"):
+        train(dataset_dir=str(tmp_path), output=str(tmp_path / "net.pt"), tracking_uri="http://127.0.0.1:9")
 
 
 def test_training_command_unknown_option_runs_nothing(tmp_path):
