@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from .data.datalist import case_id_from_path
 from .distributed import gather_case_ids, rank
-from .tracking import connect, default_artifact_location, experiment_id, git_commit, log_params
+from .tracking import connect, default_artifact_location, experiment_id, git_commit, log_params, short_reason
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,31 @@ def require_checkpoint(path: str | Path) -> str:
         raise ValueError(
             f"checkpoint {path} is empty (0 bytes), e.g. from an interrupted copy. Copy it again. {train_first}"
         )
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure to unpickle means the same to the user
+        raise ValueError(
+            f"checkpoint {path} cannot be loaded ({short_reason(error, width=200)}). Copy it again. {train_first}"
+        ) from error
+    if isinstance(content, Mapping) and not _holds_weights(content):
+        if "optimizer" in content and "network" in content:
+            raise ValueError(
+                f"checkpoint {path} is a training state (the file that resumes a training), not the network's "
+                f"weights. Pass the model.pt beside it, the best model of that training."
+            )
+        keys = ", ".join(sorted(map(str, content))[:8])
+        raise ValueError(
+            f"checkpoint {path} does not contain the segmentation network's weights (its keys: {keys}). Pass the "
+            f"model.pt that a training wrote."
+        )
     return str(path)
+
+
+def _holds_weights(content: Mapping[str, Any]) -> bool:
+    """Return whether ``content`` is a state dict, or has one under ``model`` as MONAI's CheckpointLoader reads."""
+    if isinstance(content.get("model"), Mapping):
+        content = content["model"]
+    return all(isinstance(value, torch.Tensor) for value in content.values())
 
 
 def read_model_description(checkpoint: str | Path) -> dict[str, Any]:
@@ -82,6 +106,28 @@ def warn_if_not_trained_settings(checkpoint: str | Path, description: Mapping[st
             list(trained),
             list(value),
             name,
+        )
+
+
+def warn_of_training_cases(
+    cases: Sequence[Mapping[str, Any]], training_cases: Sequence[Mapping[str, Any]], fold: int
+) -> None:
+    """Log a warning when cases to evaluate have the ids of training cases of the checkpoint's split.
+
+    A folder given as ``eval_dataset_dir`` may hold copies of the cases the model trained on; their scores would
+    overstate the model's. Case ids are the image names without suffix.
+    """
+    training_ids = {case["case_id"] for case in training_cases}
+    shared = [case["case_id"] for case in cases if case["case_id"] in training_ids]
+    if shared:
+        listed = ", ".join(shared[:10]) + (", ..." if len(shared) > 10 else "")
+        logger.warning(
+            "%d of the %d cases to evaluate have the names of training cases of fold %s (%s). If they are the same "
+            "images, the model trained on them and their scores overstate it; remove them from the folder.",
+            len(shared),
+            len(cases),
+            fold,
+            listed,
         )
 
 

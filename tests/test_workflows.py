@@ -21,7 +21,7 @@ from training_runs import copy_cases
 
 from scripts import BUNDLE_ROOT
 from scripts.data import load_datalist
-from scripts.evaluation import evaluation_tracking_uri, trained_model_description
+from scripts.evaluation import evaluation_tracking_uri, require_checkpoint, trained_model_description
 
 CONFIGS = Path(BUNDLE_ROOT) / "configs"
 META = str(Path(BUNDLE_ROOT) / "metadata.json")
@@ -246,6 +246,27 @@ def test_evaluate_records_skipped_broken_cases(trained, dataset_dir, tmp_path):
     assert "--skip_broken_cases true" not in result.stderr + result.stdout
 
 
+def test_evaluate_warns_of_training_cases(trained, dataset_dir, tmp_path):
+    training = json.loads((trained / "split.json").read_text())["training"][:2]
+    task = tmp_path / "task"
+    content = json.loads((dataset_dir / "dataset.json").read_text())
+    content["training"] = []
+    for case in training:
+        for key in ("image", "label"):
+            (task / f"{key}s").mkdir(parents=True, exist_ok=True)
+            (task / f"{key}s" / Path(case[key]).name).symlink_to(case[key])
+        name = Path(case["image"]).name
+        content["training"].append({"image": f"./images/{name}", "label": f"./labels/{name}"})
+    (task / "dataset.json").write_text(json.dumps(content))
+
+    result = evaluate(trained, dataset_dir, tmp_path / "outputs", "--eval_dataset_dir", str(task))
+
+    names = ", ".join(case["case_id"] for case in training)
+    assert f"2 of the 2 cases to evaluate have the names of training cases of fold 0 ({names})" in (
+        result.stdout + result.stderr
+    )
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -278,6 +299,25 @@ def test_evaluate_falls_back_to_local_store(trained, dataset_dir, tmp_path):
     assert f"so this run logs into {tracking_uri(output_dir)}" in result.stdout + result.stderr
     assert run.data.tags["evaluation"] == "true"
     assert "eval_dice.Anterior" in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"network": {}, "optimizer": {}, "epoch": 3}, r"is a training state \(the file that resumes a training\)"),
+        ({"format": 1, "state_dict": {}}, r"does not contain the segmentation network.s weights \(its keys: format"),
+        (None, r"cannot be loaded \(UnpicklingError"),
+    ],
+)
+def test_require_checkpoint_rejects_other_files(tmp_path, content, message):
+    path = tmp_path / "checkpoint.pt"
+    if content is None:
+        path.write_bytes(b"not a checkpoint")
+    else:
+        torch.save(content, path)
+
+    with pytest.raises(ValueError, match=message):
+        require_checkpoint(path)
 
 
 def test_evaluate_rejects_empty_checkpoint(trained, dataset_dir, tmp_path):
