@@ -180,7 +180,8 @@ class MLflowTracker:
     parameters (``loss_param.*``) and weights (``loss_weight.*``), and for a weighted sum each member's unweighted
     mean (``train_loss.<member>``). Per validation round: ``val_mean_dice``,
     ``val_hd95`` and per-class ``val_dice.<class>`` and ``val_hd95.<class>``. On completion: the best checkpoint
-    and ``learning_curves.png``. An exception marks the run ``FAILED`` with the error in the ``error`` tag.
+    and ``learning_curves.png``. An exception marks the run ``FAILED`` with the error in the ``error`` tag, and
+    Ctrl-C marks it ``KILLED`` with the tag ``interrupted``.
 
     Args:
         tracking_uri: any MLflow tracking URI (``sqlite:///...``, ``http://host:5000``, ...).
@@ -394,15 +395,23 @@ class MLflowTracker:
         logger.info("MLflow run %s finished.", self.run_id)
 
     def fail(self, engine: Engine, error: BaseException) -> None:
+        """Mark the run ``FAILED`` with the error in the ``error`` tag, or ``KILLED`` for Ctrl-C, then re-raise."""
         # Ignite fires EXCEPTION_RAISED twice for an error inside an epoch: in the epoch loop and in the run loop.
         if self.run_id is not None and not self._marked_failed:
             self._marked_failed = True
-            message = f"{type(error).__name__}: {error}"
-            self.client.set_tag(self.run_id, "error", message[:MAX_PARAM_LENGTH])
             self._log_learning_curves()
-            self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FAILED))
-            self._close()
-            logger.error("MLflow run %s marked failed: %s", self.run_id, message)
+            if isinstance(error, KeyboardInterrupt):
+                # A stop by the user is not a failure of the training, and rerunning the command resumes it.
+                self.client.set_tag(self.run_id, "interrupted", "Ctrl-C; rerun the same command to resume")
+                self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+                self._close()
+                logger.warning("MLflow run %s marked killed: interrupted by Ctrl-C.", self.run_id)
+            else:
+                message = f"{type(error).__name__}: {error}"
+                self.client.set_tag(self.run_id, "error", message[:MAX_PARAM_LENGTH])
+                self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FAILED))
+                self._close()
+                logger.error("MLflow run %s marked failed: %s", self.run_id, message)
         raise error
 
     # Resuming.

@@ -4,6 +4,7 @@ resume."""
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -410,3 +411,20 @@ def test_checkpoint_of_other_format_version_is_rejected(tmp_path):
 
     with pytest.raises(ValueError, match=r"checkpoint format version 99, but this bundle reads version 1"):
         tiny_training(path, {})
+
+
+@pytest.mark.training
+def test_ctrl_c_marks_run_killed(dataset_dir, tmp_path):
+    output_dir = tmp_path / "interrupted"
+    process = start_training(dataset_dir, output_dir, tmp_path / "interrupted.log", *RESUMABLE)
+    try:
+        wait_for(lambda: has_logged_step(sqlite_uri(output_dir), "train_loss", 1), process, "epoch 1 logged")
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    _, (run,) = training_runs(sqlite_uri(output_dir))
+
+    assert run.info.status == "KILLED"
+    assert run.data.tags["interrupted"] == "Ctrl-C; rerun the same command to resume"
+    assert "error" not in run.data.tags

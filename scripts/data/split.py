@@ -34,7 +34,9 @@ def fold_split(cases: list[dict[str, Any]], fold: int, num_folds: int = 5, seed:
     if not 0 <= fold < num_folds:
         raise ValueError(f"fold must lie in [0, {num_folds - 1}], got {fold}.")
     if len(cases) < num_folds:
-        raise ValueError(f"{len(cases)} cases cannot be split into {num_folds} folds; use fewer folds.")
+        raise ValueError(
+            f"{len(cases)} cases cannot be split into {num_folds} folds; pass a smaller --num_folds (at least 2)."
+        )
 
     def order(case: dict[str, Any]) -> str:
         return hashlib.sha256(f"{seed}:{case['case_id']}".encode()).hexdigest()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,8 +110,19 @@ def build_loss(name: str, **hyperparameters: Any) -> SegmentationLoss:
     accepted = spec.defaults
     unknown = sorted(set(hyperparameters) - set(accepted))
     if unknown:
+        members = hyperparameters.get("losses")
+        hint = ""
+        if name == "weighted_sum" and isinstance(members, Mapping):
+            # A loss trained inside a weighted sum (the boundary and Hausdorff overlays) takes its options one level
+            # down, which a user who knows the loss's name does not expect.
+            hint = (
+                " The options of its members are set under losses#<member>, e.g. "
+                + ", ".join(f"--loss#losses#{member}#{unknown[0]}" for member in members)
+                + "."
+            )
         raise ValueError(
             f"loss {name!r} has no hyperparameter {', '.join(map(repr, unknown))}; it takes: {', '.join(accepted)}."
+            + hint
         )
     for key, value in hyperparameters.items():
         default = accepted[key]

@@ -140,3 +140,17 @@ def test_weighted_sum_member_class_weights_length():
 
     with pytest.raises(ValueError, match="member 'dice' has 2 class_weights"):
         loss(logits, labels)
+
+
+def test_weighted_sum_unknown_option_points_to_members():
+    with pytest.raises(ValueError, match="has no hyperparameter 'alpha'") as raised:
+        build_loss("weighted_sum", losses={"hausdorff": {"weight": 1.0}, "dice": {"weight": 1.0}}, alpha=3)
+
+    assert "--loss#losses#hausdorff#alpha, --loss#losses#dice#alpha." in str(raised.value)
+
+
+def test_other_loss_unknown_option_lists_its_options():
+    with pytest.raises(ValueError, match="loss 'dice' has no hyperparameter 'gamma'; it takes: ") as raised:
+        build_loss("dice", gamma=2)
+
+    assert "losses#" not in str(raised.value)
