@@ -196,7 +196,8 @@ def evaluation_tracking_uri(
 
     Raises:
         RuntimeError: when the store does not respond and there is no fallback.
-        ValueError: when ``run_id`` is not a run of the store, or another run than ``training_run_id``.
+        ValueError: when ``run_id`` is not a run of the store, is another run than ``training_run_id``, or already
+            holds an evaluation.
     """
     if not tracking_uri:
         return None
@@ -209,7 +210,7 @@ def evaluation_tracking_uri(
     active = connect(tracking_uri, fallback_dir=fallback_dir)
     if run_id:
         try:
-            MlflowClient(tracking_uri=active).get_run(str(run_id))
+            run = MlflowClient(tracking_uri=active).get_run(str(run_id))
         except MlflowException as error:
             fallback = "" if active == tracking_uri else f" (the fallback store; {tracking_uri} did not respond)"
             raise ValueError(
@@ -217,6 +218,11 @@ def evaluation_tracking_uri(
                 "existing run (model.json beside the checkpoint names the training's run), or leave eval_run_id "
                 "unset to log into a new run."
             ) from error
+        if any(key.startswith("eval.") for key in run.data.params):
+            raise ValueError(
+                f"MLflow run {run_id} already holds an evaluation (its eval.* parameters), and MLflow cannot change "
+                "a logged parameter. Leave eval_run_id unset to log this evaluation into a new run."
+            )
     return active
 
 
@@ -228,7 +234,7 @@ class CaseMetricsWriter:
     number without one, e.g. an HD95 that is undefined because the prediction misses the class). Its key
     ``skipped_cases`` lists the cases of ``listed_cases`` that were not evaluated (left out by
     ``skip_broken_cases``); the MLflow run has them as the parameters ``num_skipped_cases`` and ``skipped_cases``,
-    and a warning names them.
+    and a warning names them. Its key ``settings`` repeats ``params`` (checkpoint, surface tolerance, ...).
 
     In distributed evaluation the writer runs on every process. It gathers the case ids of all processes and puts
     them and MONAI's gathered metric details back in the order of the dataset. Rank 0 alone writes the files and
@@ -329,7 +335,8 @@ class CaseMetricsWriter:
         evaluated = set(self.case_ids)
         skipped = [case_id for case_id in self.listed_cases or [] if case_id not in evaluated]
         summary_path = self.output_dir / "summary.json"
-        summary_path.write_text(json.dumps({**summary, "skipped_cases": skipped}, indent=2) + "\n", encoding="utf-8")
+        content = {**summary, "skipped_cases": skipped, "settings": _plain_settings(self.params)}
+        summary_path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
         logger.info("Evaluation of %d cases written to %s and %s.", len(self.case_ids), cases_path, summary_path)
         if skipped:
             logger.warning(
@@ -380,6 +387,14 @@ class CaseMetricsWriter:
         if not self.run_id:
             client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
         logger.info("Evaluation logged to MLflow run %s.", run_id)
+
+
+def _plain_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the evaluation's parameters with JSON types, for the ``settings`` key of ``summary.json``."""
+    return {
+        key: value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        for key, value in params.items()
+    }
 
 
 def summarise(table: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:

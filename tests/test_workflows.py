@@ -204,6 +204,8 @@ def test_evaluate_writes_case_table_and_mlflow_run(trained, dataset_dir):
     }
     assert 0.0 <= summary["dice"]["mean"]["mean"] <= 1.0
     assert summary["skipped_cases"] == []
+    assert summary["settings"]["surface_tolerance_mm"] == 1.0
+    assert summary["settings"]["checkpoint"] == str(trained / "models" / "model.pt")
     client, found = runs(trained)
     evaluation = [run for run in found if run.data.tags.get("evaluation") == "true"]
     assert len(evaluation) == 1
@@ -553,6 +555,15 @@ def test_evaluation_names_the_loss_that_trained_the_model(tmp_path, caplog):
     assert description["training_run_id"] == "abc"
     assert "trained with the loss 'dice' (MLflow run abc), but the config's loss is 'combo'" in caplog.text
     assert "Pass --fold 0" in caplog.text
+
+
+def test_eval_run_id_without_an_earlier_evaluation(tmp_path):
+    client = MlflowClient(tracking_uri(tmp_path))
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    client.log_param(run_id, "eval.surface_tolerance_mm", "1.0")
+
+    with pytest.raises(ValueError, match=f"MLflow run {run_id} already holds an evaluation"):
+        evaluation_tracking_uri(tracking_uri(tmp_path), run_id, training_run_id=run_id)
 
 
 def test_eval_run_id_must_exist_in_store(tmp_path):
