@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def require_checkpoint(path: str | Path) -> str:
-    """Return ``path`` as a string, or raise an error that says how to get a usable checkpoint.
+    """Return ``path`` as a string, or raise an error that explains how to get a usable checkpoint.
 
     Raises:
         FileNotFoundError: when the file does not exist.
@@ -197,7 +197,7 @@ def evaluation_tracking_uri(
     Raises:
         RuntimeError: when the store does not respond and there is no fallback.
         ValueError: when ``run_id`` is not a run of the store, is another run than ``training_run_id``, or already
-            holds an evaluation.
+            contains an evaluation.
     """
     if not tracking_uri:
         return None
@@ -220,7 +220,7 @@ def evaluation_tracking_uri(
             ) from error
         if any(key.startswith("eval.") for key in run.data.params):
             raise ValueError(
-                f"MLflow run {run_id} already holds an evaluation (its eval.* parameters), and MLflow cannot change "
+                f"MLflow run {run_id} already contains an evaluation (its eval.* parameters), and MLflow cannot change "
                 "a logged parameter. Leave eval_run_id unset to log this evaluation into a new run."
             )
     return active

@@ -33,7 +33,8 @@ from torch import Tensor
 
 from . import BUNDLE_ROOT
 from .cli import run_commands
-from .data.datalist import DATASET_JSON, read_dataset_json
+from .data.datalist import DATASET_JSON, load_datalist, read_dataset_json
+from .data.split import fold_split
 from .losses.boundary.inverse_form import DEFAULT_CHECKPOINT, InverseFormNet, resolve_checkpoint, save_inverse_form_net
 from .options import as_bool, as_int
 from .tracking import connect
@@ -152,8 +153,17 @@ class TilePairSampler:
         return moved, reference.contiguous(), (affines - identity).flatten(1)
 
 
-def load_label_boundaries(dataset_dir: str | Path, max_cases: int | None = None) -> tuple[list[Tensor], list[str]]:
+def load_label_boundaries(
+    dataset_dir: str | Path,
+    max_cases: int | None = None,
+    fold: int | None = None,
+    num_folds: int = 5,
+    split_seed: int = 0,
+) -> tuple[list[Tensor], list[str]]:
     """Load the training labels listed in ``dataset_dir/dataset.json`` and return their boundary maps and paths.
+
+    With ``fold``, only the labels of that fold's training cases are loaded, split as the training config splits
+    them (:func:`scripts.data.fold_split` with ``num_folds`` and ``split_seed``).
 
     Raises:
         FileNotFoundError: for a missing folder or ``dataset.json``, or a file given as the folder (see
@@ -163,6 +173,8 @@ def load_label_boundaries(dataset_dir: str | Path, max_cases: int | None = None)
     dataset_dir = Path(dataset_dir).expanduser().resolve()
     manifest = dataset_dir / DATASET_JSON
     entries = read_dataset_json(dataset_dir)["training"]
+    if fold is not None:
+        entries = fold_split(load_datalist(dataset_dir), fold, num_folds, split_seed)["training"]
     label_paths = [entry["label"] if isinstance(entry, dict) else None for entry in entries]
     label_paths = [path for path in label_paths if path]
     if not label_paths:
@@ -200,6 +212,9 @@ def train(
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
     tracking_fallback: bool = False,
+    fold: int | None = None,
+    num_folds: int = 5,
+    split_seed: int = 0,
 ) -> dict:
     """Train the InverseForm inverse network on the label boundaries of a dataset and save it.
 
@@ -220,6 +235,10 @@ def train(
         run_name: MLflow run name; default ``inverse-form-<tile_size>``.
         tracking_fallback: when ``tracking_uri`` does not respond at the start, log into the bundle's default store
             instead of stopping.
+        fold: train on the label boundaries of this fold's training cases only, so that the segmentation
+            network's validation cases stay unseen; ``None`` uses every labelled case.
+        num_folds: the number of folds of the split, as in the training config.
+        split_seed: the seed of the split, as in the training config.
 
     Returns:
         a summary: checkpoint path, MLflow run id, tracking URI and the losses.
@@ -240,7 +259,7 @@ def train(
     torch.manual_seed(seed)
     net = InverseFormNet(tile_size=tile_size)
 
-    boundaries, names = load_label_boundaries(dataset_dir, max_cases)
+    boundaries, names = load_label_boundaries(dataset_dir, max_cases, fold, num_folds, split_seed)
     if len(boundaries) < 2:
         raise ValueError(
             f"training needs at least 2 label files (one held out for validation), found {len(boundaries)}."
@@ -265,6 +284,7 @@ def train(
         "tile_size": tile_size,
         "validation_samples": validation_samples,
         "seed": seed,
+        "fold": "all cases" if fold is None else fold,
         **{f"transform.{key}": value for key, value in asdict(ranges).items()},
         **{f"net.{key}": value for key, value in net.config().items()},
     }

@@ -562,7 +562,7 @@ def test_eval_run_id_without_an_earlier_evaluation(tmp_path):
     run_id = client.create_run(client.create_experiment("x")).info.run_id
     client.log_param(run_id, "eval.surface_tolerance_mm", "1.0")
 
-    with pytest.raises(ValueError, match=f"MLflow run {run_id} already holds an evaluation"):
+    with pytest.raises(ValueError, match=f"MLflow run {run_id} already contains an evaluation"):
         evaluation_tracking_uri(tracking_uri(tmp_path), run_id, training_run_id=run_id)
 
 

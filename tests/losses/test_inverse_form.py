@@ -381,3 +381,16 @@ def test_training_command_unknown_option_runs_nothing(tmp_path):
     assert result.returncode == 2
     assert "error: 'train' has no option --epochss (did you mean --epochs?)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_label_boundaries_of_one_fold(dataset_dir):
+    from scripts.data import fold_split, load_datalist
+    from scripts.inverse_form import load_label_boundaries
+
+    split = fold_split(load_datalist(dataset_dir), fold=1, num_folds=5, seed=0)
+
+    boundaries, names = load_label_boundaries(dataset_dir, fold=1, num_folds=5, split_seed=0)
+
+    assert len(boundaries) == len(names) == len(split["training"])
+    assert set(names) == {case["label"] for case in split["training"]}
+    assert not set(names) & {case["label"] for case in split["validation"]}
