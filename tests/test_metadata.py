@@ -8,6 +8,7 @@ from pathlib import Path
 
 import monai
 import yaml
+from monai.bundle import ConfigParser
 
 from scripts import BUNDLE_ROOT
 from scripts.data import label_names
@@ -69,5 +70,12 @@ def test_inference_and_training_networks_agree():
 
     for key in ("channels", "strides", "num_res_units", "norm", "spatial_dims", "in_channels"):
         assert train["network_def"][key] == inference["network_def"][key], key
-    for key in ("pixdim", "patch_size", "image_reader"):
-        assert train[key] == inference[key], key
+    assert train["image_reader"] == inference["image_reader"]
+    # Evaluation and inference read patch_size and pixdim from model.json; without it they fall back to the
+    # training config's defaults.
+    for files in (["inference.yaml"], ["train.yaml", "evaluate.yaml"]):
+        parser = ConfigParser()
+        parser.read_config([str(configs / name) for name in files])
+        parser["ckpt_path"] = str(Path(BUNDLE_ROOT) / "no_such_folder" / "model.pt")
+        for key in ("pixdim", "patch_size"):
+            assert parser.get_parsed_content(key) == train[key], (files, key)
