@@ -13,7 +13,14 @@ import torch
 from monai.bundle import ConfigParser
 
 from scripts import BUNDLE_ROOT
-from scripts.data import fold_split, inference_datalist, label_names, load_datalist, prepare_split
+from scripts.data import (
+    fold_split,
+    inference_datalist,
+    label_names,
+    load_datalist,
+    prepare_split,
+    warn_of_existing_outputs,
+)
 from scripts.data.datalist import case_id_from_path
 
 NUM_CASES = 208
@@ -283,3 +290,18 @@ def test_image_label_shape_mismatch_names_both_files(dataset_dir, tmp_path):
     assert isinstance(cause, ValueError)
     assert "hippocampus_001.nii.gz has spatial shape (35, 51, 35)" in str(cause)
     assert "has (34, 52, 35)" in str(cause)
+
+
+def test_existing_segmentations_are_named_before_inference(tmp_path, caplog):
+    cases = [{"image": str(tmp_path / "in" / name)} for name in ("a.nii.gz", "b.nrrd", "c.nii")]
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "a_seg.nii.gz").write_bytes(b"old")
+    (output / "b_seg.nii.gz").write_bytes(b"old")
+
+    with caplog.at_level("WARNING", logger="scripts.data.datalist"):
+        replaced = warn_of_existing_outputs(cases, output)
+
+    assert [path.name for path in replaced] == ["a_seg.nii.gz", "b_seg.nii.gz"]
+    assert "2 of the 3 segmentations to write already exist" in caplog.text
+    assert warn_of_existing_outputs(cases, tmp_path / "empty") == []

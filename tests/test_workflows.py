@@ -391,6 +391,18 @@ def test_inference_warns_of_other_patch_size(trained, dataset_dir, tmp_path):
     assert "was trained with patch_size [24, 32, 24], but this run uses [40, 56, 40]" in result.stdout + result.stderr
 
 
+def test_inference_names_segmentations_it_replaces(trained, dataset_dir, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "case.nii.gz").symlink_to(dataset_dir / "images" / "hippocampus_001.nii.gz")
+    run_inference(trained, inputs, tmp_path)
+
+    again = run_inference(trained, inputs, tmp_path)
+
+    assert "1 of the 1 segmentations to write already exist" in again.stdout + again.stderr
+    assert "(case_seg.nii.gz)" in again.stdout + again.stderr
+
+
 def test_inference_without_images_names_the_folder(trained, tmp_path):
     result = run_inference(trained, tmp_path / "empty", tmp_path, check=False)
 

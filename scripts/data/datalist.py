@@ -7,8 +7,11 @@ download (``imagesTr/``, ``labelsTr/``) and copies with other folder names load 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 DATASET_JSON = "dataset.json"
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -188,6 +191,32 @@ def inference_datalist(input_dir: str | Path | None = None, datalist: str | Path
             raise FileNotFoundError(f"image {image} not found; fix the datalist or restore the file.")
     _check_distinct_names(images)
     return [{"image": str(image)} for image in images]
+
+
+def warn_of_existing_outputs(
+    cases: list[dict[str, str]], output_dir: str | Path, postfix: str = "seg", suffix: str = ".nii.gz"
+) -> list[Path]:
+    """Log a warning naming the segmentations in ``output_dir`` that an inference of ``cases`` will replace.
+
+    The inference config saves ``<case>_<postfix><suffix>`` for each image, over any file of that name.
+
+    Returns:
+        the files that will be replaced.
+    """
+    folder = Path(output_dir).expanduser().resolve()
+    outputs = [folder / f"{case_id_from_path(case['image'])}_{postfix}{suffix}" for case in cases]
+    existing = [path for path in outputs if path.is_file()]
+    if existing:
+        names = ", ".join(path.name for path in existing[:5]) + (", ..." if len(existing) > 5 else "")
+        logger.warning(
+            "%d of the %d segmentations to write already exist in %s and will be replaced (%s). Pass another "
+            "--output_dir to keep them.",
+            len(existing),
+            len(outputs),
+            folder,
+            names,
+        )
+    return existing
 
 
 def _check_distinct_names(images: list[Path]) -> None:
