@@ -1,4 +1,4 @@
-"""The learning-curve plot logged with every training run."""
+"""The learning-curve plot logged with every training run, and the study's validation curves."""
 
 from __future__ import annotations
 
@@ -25,3 +25,17 @@ def test_learning_curves_show_member_losses_and_whole_epochs(tmp_path, monkeypat
     assert [line.get_label() for line in dice_axis.lines] == ["val_mean_dice"]
     ticks = [tick for tick in loss_axis.get_xticks() if 1 <= tick <= 2]
     assert ticks == [1.0, 2.0]
+
+
+def test_study_curves_of_one_family_look_different(tmp_path, monkeypatch):
+    from scripts.study import plots
+
+    saved = {}
+    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.setdefault("figure", figure))
+    losses = [f"loss{index}" for index in range(10)]
+
+    plots.plot_curves({loss: [(1, 0.5), (2, 0.6)] for loss in losses}, dict.fromkeys(losses, "region"), tmp_path, "t")
+
+    lines = saved["figure"].axes[0].lines
+    assert len(lines) == 10
+    assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 10

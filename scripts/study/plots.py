@@ -77,19 +77,21 @@ def plot_curves(
     """Overlay one validation curve per loss, ``(epoch, value)`` pairs, coloured by family."""
     figure, axis = plt.subplots(figsize=(8.0, 5.0))
     styles = ("-", "--", ":", "-.")
+    # Line style and marker together tell up to 16 losses of one family (the region family has 10) apart.
+    markers = ("o", "s", "^", "v")
     seen: dict[str, int] = {}
     for loss, points in curves.items():
         if not points:
             continue
         family = families[loss]
-        style = styles[seen.get(family, 0) % len(styles)]
-        seen[family] = seen.get(family, 0) + 1
+        index = seen.get(family, 0)
+        seen[family] = index + 1
         epochs, means = zip(*points)
         axis.plot(
             epochs,
             means,
-            linestyle=style,
-            marker="o",
+            linestyle=styles[index % len(styles)],
+            marker=markers[(index // len(styles)) % len(markers)],
             markersize=3,
             color=FAMILY_COLOURS.get(family, "tab:gray"),
             label=f"{loss} ({family})",
