@@ -391,8 +391,14 @@ class MLflowTracker:
                     self.run_id,
                 )
         self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FINISHED))
-        self._close()
-        logger.info("MLflow run %s finished.", self.run_id)
+        if self._close() is False:
+            logger.warning(
+                "The training finished, but MLflow run %s stays RUNNING on the server until the kept calls above "
+                "are sent.",
+                self.run_id,
+            )
+        else:
+            logger.info("MLflow run %s finished.", self.run_id)
 
     def fail(self, engine: Engine, error: BaseException) -> None:
         """Mark the run ``FAILED`` with the error in the ``error`` tag, or ``KILLED`` for Ctrl-C, then re-raise."""
@@ -582,14 +588,16 @@ class MLflowTracker:
         self._log_params({"skipped_cases": [case["case_id"] for case in skipped], "num_skipped_cases": len(skipped)})
         self._log_json_artifact({"skipped": skipped, "problems": problems}, "data_problems.json")
 
-    def _close(self) -> None:
-        self.client.close()
+    def _close(self) -> bool | None:
+        """Close the client; return ``False`` when calls it kept during an outage are still unsent."""
+        sent = self.client.close()
         if self.requested_tracking_uri != self.tracking_uri:
             logger.warning(
                 "This training logged into %s because %s could not be reached when it started.",
                 self.tracking_uri,
                 self.requested_tracking_uri,
             )
+        return sent
 
     def _default_run_name(self) -> str:
         name = self.loss_name

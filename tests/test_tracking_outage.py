@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -188,6 +189,8 @@ def test_server_stopped_during_training_loses_nothing(dataset_dir, tmp_path, run
     assert log.count(f"MLflow tracking at {server.uri} failed") == 1
     assert f"could not be sent to {server.uri} and are kept in {unsent}" in log
     assert f"python -m scripts.tracking_buffer replay {unsent}" in log
+    assert "stays RUNNING on the server until the kept calls above are sent" in log
+    assert re.search(r"MLflow run \w+ finished\.", log) is None
     assert kept and all(record["tracking_uri"] == server.uri for record in kept)
     assert kept[-1]["method"] == "set_terminated"
     assert kept[-1]["status"] == "FINISHED"
