@@ -145,6 +145,9 @@ def describe_loss(loss: SegmentationLoss) -> dict[str, Any]:
         description["loss_paper"] = spec.reference
     for key, value in _flatten(loss.hyperparameters).items():
         description[f"loss.{key}"] = value
+    # A loss that reads a file (the InverseForm network) identifies it beyond its path.
+    for key, value in getattr(loss, "tracking_details", dict)().items():
+        description[f"loss.{key}"] = value
     return description
 
 

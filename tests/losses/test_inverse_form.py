@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from loss_cases import INVERSE_FORM_TEST_CHECKPOINT, blob_labels, make_logits
 
 from scripts import BUNDLE_ROOT
-from scripts.losses import build_loss
+from scripts.losses import build_loss, describe_loss
 from scripts.losses.boundary.inverse_form import (
     InverseFormNet,
     cut_tiles,
@@ -311,6 +312,10 @@ def test_training_command_writes_checkpoint_and_mlflow_run(dataset_dir, tmp_path
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 3
     assert [artifact.path for artifact in client.list_artifacts(run.info.run_id)] == ["inverse_form_net.pt"]
     assert client.get_experiment(run.info.experiment_id).name == "seglosses-inverse-form"
+    # A training run that uses the network records which one it was.
+    described = describe_loss(build_loss("inverse_form", checkpoint=str(output)))
+    assert described["loss.inverse_net.mlflow_run_id"] == run.info.run_id
+    assert described["loss.inverse_net.sha256"] == hashlib.sha256(output.read_bytes()).hexdigest()
     # The trained network feeds the loss directly.
     shape = (1, 3, 16, 16, 16)
     labels = blob_labels(shape, 3)

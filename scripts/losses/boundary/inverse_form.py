@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 from collections.abc import Sequence
@@ -116,6 +117,11 @@ def load_inverse_form_net(path: str | Path) -> InverseFormNet:
     net = InverseFormNet(**checkpoint["config"])
     net.load_state_dict(checkpoint["state_dict"])
     net.requires_grad_(False)
+    # What the training command recorded, and the file's digest, identify the network in a run's parameters.
+    net.provenance = {
+        "mlflow_run_id": str(checkpoint.get("metadata", {}).get("mlflow_run_id", "unknown")),
+        "sha256": hashlib.sha256(resolved.read_bytes()).hexdigest(),
+    }
     return net.eval()
 
 
@@ -210,6 +216,10 @@ class InverseFormLoss(SegmentationLoss):
         self.inverse_form_weight = weights["inverse_form_weight"]
         self.checkpoint = str(checkpoint)
         self.inverse_net = load_inverse_form_net(checkpoint)
+
+    def tracking_details(self) -> dict[str, str]:
+        """Return the inverse network's MLflow run and file digest, logged beside the hyperparameters."""
+        return {f"inverse_net.{key}": value for key, value in self.inverse_net.provenance.items()}
 
     def train(self, mode: bool = True) -> InverseFormLoss:
         super().train(mode)
