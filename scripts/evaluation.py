@@ -20,7 +20,15 @@ from mlflow.tracking import MlflowClient
 
 from .data.datalist import case_id_from_path
 from .distributed import gather_case_ids, rank
-from .tracking import connect, default_artifact_location, experiment_id, git_commit, log_params, short_reason
+from .tracking import (
+    connect,
+    default_artifact_location,
+    experiment_id,
+    git_commit,
+    log_params,
+    plain_values,
+    short_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -335,7 +343,7 @@ class CaseMetricsWriter:
         evaluated = set(self.case_ids)
         skipped = [case_id for case_id in self.listed_cases or [] if case_id not in evaluated]
         summary_path = self.output_dir / "summary.json"
-        content = {**summary, "skipped_cases": skipped, "settings": _plain_settings(self.params)}
+        content = {**summary, "skipped_cases": skipped, "settings": plain_values(self.params)}
         summary_path.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
         logger.info("Evaluation of %d cases written to %s and %s.", len(self.case_ids), cases_path, summary_path)
         if skipped:
@@ -387,14 +395,6 @@ class CaseMetricsWriter:
         if not self.run_id:
             client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
         logger.info("Evaluation logged to MLflow run %s.", run_id)
-
-
-def _plain_settings(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Return the evaluation's parameters with JSON types, for the ``settings`` key of ``summary.json``."""
-    return {
-        key: value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-        for key, value in params.items()
-    }
 
 
 def summarise(table: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:

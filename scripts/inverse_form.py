@@ -172,8 +172,9 @@ def load_label_boundaries(
     """
     dataset_dir = Path(dataset_dir).expanduser().resolve()
     manifest = dataset_dir / DATASET_JSON
-    entries = read_dataset_json(dataset_dir)["training"]
-    if fold is not None:
+    if fold is None:
+        entries = read_dataset_json(dataset_dir)["training"]
+    else:
         entries = fold_split(load_datalist(dataset_dir), fold, num_folds, split_seed)["training"]
     label_paths = [entry["label"] if isinstance(entry, dict) else None for entry in entries]
     label_paths = [path for path in label_paths if path]

@@ -406,17 +406,19 @@ class MLflowTracker:
         if self.run_id is not None and not self._marked_failed:
             self._marked_failed = True
             self._log_learning_curves()
-            if isinstance(error, KeyboardInterrupt):
-                # A stop by the user is not a failure of the training, and rerunning the command resumes it.
+            # A stop by the user is not a failure of the training, and rerunning the command resumes it.
+            interrupted = isinstance(error, KeyboardInterrupt)
+            message = f"{type(error).__name__}: {error}"
+            if interrupted:
                 self.client.set_tag(self.run_id, "interrupted", "Ctrl-C; rerun the same command to resume")
-                self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.KILLED))
-                self._close()
+            else:
+                self.client.set_tag(self.run_id, "error", message[:MAX_PARAM_LENGTH])
+            status = RunStatus.KILLED if interrupted else RunStatus.FAILED
+            self.client.set_terminated(self.run_id, status=RunStatus.to_string(status))
+            self._close()
+            if interrupted:
                 logger.warning("MLflow run %s marked killed: interrupted by Ctrl-C.", self.run_id)
             else:
-                message = f"{type(error).__name__}: {error}"
-                self.client.set_tag(self.run_id, "error", message[:MAX_PARAM_LENGTH])
-                self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.FAILED))
-                self._close()
                 logger.error("MLflow run %s marked failed: %s", self.run_id, message)
         raise error
 
@@ -530,7 +532,7 @@ class MLflowTracker:
     def _log_yaml_artifact(self, content: Any, name: str) -> None:
         path = self.output_dir / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(_plain(content), sort_keys=False), encoding="utf-8")
+        path.write_text(yaml.safe_dump(plain_values(content), sort_keys=False), encoding="utf-8")
         self.client.log_artifact(self.run_id, str(path))
 
     def _log_learning_curves(self) -> None:
@@ -668,12 +670,12 @@ def _param_value(value: Any) -> str:
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
 
 
-def _plain(value: Any) -> Any:
-    """Convert a config tree to YAML-safe built-in types (tensors and other objects become strings)."""
+def plain_values(value: Any) -> Any:
+    """Convert a config tree to built-in types that YAML and JSON can write (other objects become strings)."""
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain_values(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain_values(item) for item in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
@@ -686,6 +688,7 @@ __all__ = [
     "experiment_id",
     "git_commit",
     "log_params",
+    "plain_values",
     "running_config",
     "sqlite_tracking_uri",
 ]

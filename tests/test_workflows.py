@@ -369,7 +369,7 @@ def test_inference_keeps_input_geometry(trained, dataset_dir, tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(source.dataobj), affine), inputs / "case_a.nii.gz")
     nib.save(source, inputs / "case_b.nii.gz")
 
-    # Without --patch_size: the training's [24, 32, 24] comes from model.json.
+    # Without --patch_size, the training's patch size [24, 32, 24] comes from model.json.
     result = run_inference(trained, inputs, tmp_path)
 
     assert "was trained with" not in result.stdout + result.stderr
@@ -569,7 +569,7 @@ def test_evaluation_names_the_loss_that_trained_the_model(tmp_path, caplog):
     assert "Pass --fold 0" in caplog.text
 
 
-def test_eval_run_id_without_an_earlier_evaluation(tmp_path):
+def test_eval_run_id_rejects_evaluated_run(tmp_path):
     client = MlflowClient(tracking_uri(tmp_path))
     run_id = client.create_run(client.create_experiment("x")).info.run_id
     client.log_param(run_id, "eval.surface_tolerance_mm", "1.0")
